@@ -1,0 +1,166 @@
+"""Stage `download`: UQA (hub id, local dataset dir, or data files) -> data/raw/{train,validation}.
+
+inputs:  params data.source, data.revision
+outputs: data/raw/train, data/raw/validation (Arrow, save_to_disk), reports/download.json (provenance)
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from uqa.atomic import atomic_dir, atomic_write_json
+from uqa.errors import DataError, UserError
+from uqa.hub import hub_error, looks_local
+from uqa.params import DataParams
+from uqa.schema import check_schema, conform
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation")
+OUT_DIR = Path("data/raw")
+REPORT = Path("reports/download.json")
+PARAMS = ["data.source", "data.revision"]
+DEPS: list[str] = []
+OUTS = [str(OUT_DIR / s) for s in SPLITS]
+METRICS = [str(REPORT)]
+
+BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files_for(spec: Any, where: str) -> list[str]:
+    patterns = [spec] if isinstance(spec, str) else list(spec or [])
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(Path(str(pattern)).expanduser())))
+        if not matched:
+            raise UserError(f"{where}: no file matches {pattern!r}")
+        files.extend(matched)
+    return files
+
+
+def _load_split_files(split: str, files: list[str]):
+    """Load one split file by file, so that a schema error names the file it is in."""
+    import datasets
+
+    parts = []
+    for f in files:
+        builder = BUILDERS.get(Path(f).suffix.lower())
+        if builder is None:
+            raise UserError(f"{f}: unsupported file type; use one of {', '.join(BUILDERS)}")
+        try:
+            part = datasets.load_dataset(builder, data_files={split: [f]}, split=split)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            raise DataError(f"{f}: could not be read as {builder}: {type(exc).__name__}: {first}") from None
+        check_schema(part.data.table.schema, f)
+        parts.append(datasets.Dataset(conform(part.data.table)))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _directory_files(path: Path) -> dict[str, list[str]]:
+    """The data files `datasets` picks for each split of a local dataset directory."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: not a dataset directory datasets can read: {type(exc).__name__}: {exc}") from None
+    data_files = builder.config.data_files or {}
+    files = {str(split): [str(f) for f in fs] for split, fs in data_files.items()}
+    missing = [s for s in SPLITS if s not in files]
+    if missing:
+        raise DataError(f"{path}: found splits {', '.join(files) or 'none'}, missing {', '.join(missing)}")
+    return {s: files[s] for s in SPLITS}
+
+
+def _file_provenance(files: dict[str, list[str]]) -> dict[str, Any]:
+    return {s: [{"path": f, "sha256": sha256_file(f)} for f in fs] for s, fs in files.items()}
+
+
+def load_source(params: DataParams):
+    """Returns ({split: Dataset with the canonical UQA schema}, provenance dict)."""
+    import datasets
+
+    source = params.source
+    if isinstance(source, dict):
+        missing = [s for s in SPLITS if s not in source]
+        if missing:
+            raise UserError(f"data.source: give files for the splits {', '.join(SPLITS)} (missing: {', '.join(missing)})")
+        files = {s: _files_for(source[s], f"data.source.{s}") for s in SPLITS}
+        return {s: _load_split_files(s, files[s]) for s in SPLITS}, {"kind": "files", "files": _file_provenance(files)}
+    if not isinstance(source, str) or not source:
+        raise UserError(f"data.source: expected a hub id, a directory or {{split: files}}, got {source!r}")
+    path = Path(source).expanduser()
+    if path.is_file():
+        raise UserError(
+            f"data.source: {source!r} is a single file; give one per split, e.g. "
+            f"{{train: {source}, validation: path/to/validation{path.suffix}}}"
+        )
+    if path.is_dir():
+        files = _directory_files(path)
+        return (
+            {s: _load_split_files(s, files[s]) for s in SPLITS},
+            {"kind": "directory", "files": _file_provenance(files)},
+        )
+    if looks_local(source):
+        raise UserError(f"data.source: {source!r} does not exist")
+    try:
+        ds = datasets.load_dataset(source, revision=params.revision)
+    except Exception as exc:  # offline, unreachable, not found, gated
+        raise hub_error("dataset", source, exc, "data.source") from None
+    missing = [s for s in SPLITS if s not in ds]
+    if missing:
+        raise DataError(f"{source}: has splits {', '.join(ds)}, missing {', '.join(missing)}")
+    out = {}
+    for split in SPLITS:
+        check_schema(ds[split].data.table.schema, f"{source} [{split}]")
+        out[split] = datasets.Dataset(conform(ds[split].data.table))
+    provenance = {"kind": "hub", "revision": params.revision, "resolved_revision": _hub_sha(source, params.revision)}
+    return out, provenance
+
+
+def _hub_sha(repo_id: str, revision: str | None) -> str | None:
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:  # provenance is best effort: the data itself already loaded
+        return None
+
+
+def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = REPORT) -> dict[str, Any]:
+    """Load both splits, check their schema, save them as Arrow; return the provenance record."""
+    import datasets
+
+    splits, provenance = load_source(params)
+    rows = {}
+    for split in SPLITS:
+        with atomic_dir(Path(out_dir) / split) as tmp:
+            splits[split].save_to_disk(str(tmp))
+        rows[split] = len(splits[split])
+        log.info("download: %d %s rows -> %s", rows[split], split, Path(out_dir) / split)
+    record = {"source": params.source, **provenance, "rows": rows, "datasets_version": datasets.__version__}
+    atomic_write_json(report_path, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    from uqa.stage import stage_main
+
+    return stage_main("download", lambda p, _: download(p.data), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""The training recipe, run by `accelerate launch` (one process per device; see tasks/train.py).
+
+Hugging Face Trainer on the cached features: per-batch padding to a multiple of 8, length-grouped
+batches, evaluation and a checkpoint every epoch, the best checkpoint (by `metric_for_best_model`)
+saved to models/final. Resumes from the newest complete checkpoint of the same params and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from uqa.atomic import atomic_write_json, replace_dir
+from uqa.params import Params, load_params
+
+log = logging.getLogger("tasks.train")
+
+DATA_DIR = Path("data/tokenized")
+CHECKPOINT_DIR = Path("models/checkpoints")
+FINAL_DIR = Path("models/final")
+LIVE_DIR = Path("dvclive")
+REPORT = Path("reports/train.json")
+FINGERPRINT = "run_fingerprint.json"
+
+
+def resolve_precision(precision: str) -> str:
+    """auto = bf16 where the GPU supports it, else fp16 on a GPU, fp32 on CPU."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def data_fingerprint(data_dir: Path = DATA_DIR) -> str:
+    """Hash of the feature bytes (Arrow files, tokenizer files): what the model is trained on."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.name != "state.json"):
+        h.update(str(path.relative_to(data_dir)).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def run_fingerprint(params: Params, data_hash: str) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: model, training recipe, data."""
+    train = asdict(params.train)
+    for key in ("timeout_minutes", "launcher", "logging_steps", "dataloader_num_workers"):
+        train.pop(key)  # how a run is operated, not what it computes
+    return {"model": asdict(params.model), "train": train, "data": data_hash}
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Checkpoints whose trainer_state.json (written last by Trainer) parses, oldest first."""
+    found = []
+    for ckpt in Path(checkpoint_dir).glob("checkpoint-*"):
+        try:
+            step = int(ckpt.name.split("-")[-1])
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        has_weights = any((ckpt / n).exists() for n in ("model.safetensors", "pytorch_model.bin"))
+        if has_weights and (ckpt / "optimizer.pt").exists():
+            found.append((step, ckpt))
+    return [c for _, c in sorted(found)]
+
+
+def prepare_checkpoint_dir(params: Params, checkpoint_dir: Path, data_hash: str, is_main: bool) -> Path | None:
+    """Returns the checkpoint to resume from, or None; clears checkpoints of another run."""
+    fp = run_fingerprint(params, data_hash)
+    marker = Path(checkpoint_dir) / FINGERPRINT
+    previous = None
+    if marker.exists():
+        try:
+            previous = json.loads(marker.read_text())
+        except ValueError:
+            previous = None
+    if previous != fp:
+        if is_main:
+            if Path(checkpoint_dir).exists():
+                log.info("train: checkpoints in %s are from other params or data; starting fresh", checkpoint_dir)
+                shutil.rmtree(checkpoint_dir)
+            atomic_write_json(marker, fp)
+        return None
+    ckpts = complete_checkpoints(checkpoint_dir)
+    if is_main:  # a checkpoint cut off mid-save would be picked by Trainer's own rotation: remove it
+        for partial in set(Path(checkpoint_dir).glob("checkpoint-*")) - set(ckpts):
+            log.warning("train: removing incomplete checkpoint %s", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+    return ckpts[-1] if ckpts else None
+
+
+def feature_lengths(dataset) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.table.column("input_ids")).to_numpy().tolist()
+
+
+def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, callbacks=None, **overrides):
+    """A Trainer ready to run the recipe; tests build one directly (no launcher) for golden values."""
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from uqa.modeling import build_model
+
+    t = params.train
+    set_seed(t.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(data_dir) / "tokenizer"))
+    model = build_model(params.model, tokenizer, t.attn_implementation)
+    train_ds = datasets.load_from_disk(str(Path(data_dir) / "train"))
+    eval_ds = datasets.load_from_disk(str(Path(data_dir) / "validation"))
+    precision = resolve_precision(t.precision)
+    import torch
+
+    args = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.train_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # < 1 is a ratio of the total steps in transformers 5
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=t.metric_for_best_model,
+        greater_is_better=not t.metric_for_best_model.endswith("loss"),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to="none",  # DVCLive is added explicitly (the default would rewrite dvc.yaml)
+        ddp_find_unused_parameters=False,
+        torch_compile=t.torch_compile,
+        dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+    )
+    args.update(overrides)
+    training_args = TrainingArguments(**args)
+    lengths = feature_lengths(train_ds)
+
+    class QATrainer(Trainer):
+        # Trainer drops unknown columns before it builds the sampler and then re-measures every
+        # feature; the lengths are already in the Arrow list offsets.
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy == "group_by_length":
+                return LengthGroupedSampler(
+                    self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
+                )
+            return super()._get_train_sampler(train_dataset)
+
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of or None)
+    trainer = QATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks or [],
+    )
+    return trainer, {"precision": precision, "tokenizer": tokenizer}
+
+
+def run(params: Params) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    state = PartialState()
+    data_hash = data_fingerprint()
+    resume = prepare_checkpoint_dir(params, CHECKPOINT_DIR, data_hash, state.is_main_process)
+    state.wait_for_everyone()
+    callbacks = []
+    if state.is_main_process:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None)
+        callbacks.append(DVCLiveCallback(live=live))
+    trainer, info = make_trainer(params, CHECKPOINT_DIR, callbacks=callbacks)
+    if resume is not None:
+        log.info("train: resuming from %s", resume)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    # every rank calls save_model (it writes on the main process only) into the same temporary dir
+    tmp = FINAL_DIR.with_name(f".{FINAL_DIR.name}.tmp")
+    if state.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    state.wait_for_everyone()
+    report: dict[str, Any] = {}
+    if state.is_main_process:
+        info["tokenizer"].save_pretrained(str(tmp))
+        replace_dir(tmp, FINAL_DIR)
+        s = trainer.state
+        report = {
+            "precision": info["precision"],
+            "world_size": state.num_processes,
+            "device": str(state.device),
+            "global_step": s.global_step,
+            "epochs": s.epoch,
+            "train_batch_size_per_device": params.train.train_batch_size,
+            "global_batch_size": params.train.train_batch_size
+            * params.train.gradient_accumulation_steps
+            * state.num_processes,
+            "train_features": len(trainer.train_dataset),
+            "train_runtime_s": round(time.time() - started, 2),
+            "train_loss": result.training_loss,
+            "resumed_from": str(resume) if resume else None,
+            "best_checkpoint": s.best_model_checkpoint,
+            "best_metric": s.best_metric,
+            "metric_for_best_model": params.train.metric_for_best_model,
+            "loss_history": [
+                {"step": h["step"], "loss": h["loss"]} for h in s.log_history if "loss" in h
+            ],
+            "eval_history": [
+                {k: h[k] for k in ("epoch", "step", "eval_loss") if k in h} for h in s.log_history if "eval_loss" in h
+            ],
+        }
+        atomic_write_json(REPORT, report)
+        log.info("train: done in %.1fs, %d steps, precision %s", report["train_runtime_s"], s.global_step, info["precision"])
+    state.wait_for_everyone()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.train_worker")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    from uqa.stage import setup_logging
+
+    setup_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(load_params(args.params))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

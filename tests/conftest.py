@@ -1,0 +1,110 @@
+"""Shared fixtures: offline, quiet, single-threaded; real UQA from ../shared when it is there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# before any library import: offline hub, no telemetry, deterministic and uncontended CPU work
+_HOME = Path(tempfile.mkdtemp(prefix="uqa-tests-"))
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    HF_HOME=str(_HOME / "hf"),
+    DVC_NO_ANALYTICS="1",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    DO_NOT_TRACK="1",
+    PREFECT_HOME=str(_HOME / "prefect"),
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    OMP_NUM_THREADS="1",
+    MKL_NUM_THREADS="1",
+    TOKENIZERS_PARALLELISM="false",
+    HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+    GIT_AUTHOR_NAME="uqa tests",
+    GIT_AUTHOR_EMAIL="tests@localhost",
+    GIT_COMMITTER_NAME="uqa tests",
+    GIT_COMMITTER_EMAIL="tests@localhost",
+)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("UQA_SHARED", REPO.parent / "shared"))
+UQA_DIR = SHARED / "data" / "uqa"
+UQA_HUB = SHARED / "data" / "uqa-hub"
+URDU_TOKENIZER = SHARED / "models" / "urdu-xlmr-32k"
+
+TINY_CONFIG = {
+    "model_type": "xlm-roberta",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+}
+
+needs_shared = pytest.mark.skipif(
+    not (UQA_DIR / "train.parquet").exists() or not URDU_TOKENIZER.exists(),
+    reason=f"real UQA data not found at {SHARED} (CI has it)",
+)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_ok([sys.executable, "-m", "dvc", *args], cwd=cwd)
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project with this repo's dvc.yaml and the given params.yaml (one commit)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    from uqa.params import deep_merge
+
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, params), allow_unicode=True, sort_keys=False))
+    (root / ".gitignore").write_text("/data/\n/models/\n/registry/\n/dvclive/\n")
+    run_ok(["git", "init", "-q"], root)
+    dvc("init", "-q", cwd=root)
+    dvc("config", "core.analytics", "false", cwd=root)
+    dvc("config", "cache.type", "hardlink,copy", cwd=root)
+    run_ok(["git", "add", "-A"], root)
+    run_ok(["git", "commit", "-q", "-m", "init"], root)
+    return root
+
+
+@pytest.fixture
+def project_factory(tmp_path):
+    def factory(params: dict, name: str = "project") -> Path:
+        return make_project(tmp_path / name, params)
+
+    return factory
+
+
+def hub_sample_params(**sections) -> dict:
+    """Params for the shared hub-shaped sample with the shared tokenizer and a tiny scratch model."""
+    params = {
+        "data": {"source": str(UQA_HUB)},
+        "model": {"tokenizer": str(URDU_TOKENIZER), "init": "scratch", "config": dict(TINY_CONFIG)},
+        "train": {"epochs": 1, "train_batch_size": 16, "eval_batch_size": 32, "gradient_accumulation_steps": 1,
+                  "learning_rate": 1e-3, "logging_steps": 5, "max_steps": 12},
+    }
+    for key, value in sections.items():
+        params[key] = {**params.get(key, {}), **value}
+    return params

@@ -1,0 +1,189 @@
+"""`uqa`: run the flow, the demo, predictions and registry queries from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from uqa.errors import UserError
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import uqa_pipeline
+    from uqa.params import overrides_to_nested
+
+    state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None, push=args.push,
+                         return_state=True)
+    _print_result(flow_result(state))
+    return 0
+
+
+def flow_result(state) -> dict:
+    """The flow's result, or a UserError carrying the failed stage's message (no traceback)."""
+    if state.is_failed() or state.is_crashed():
+        raise UserError(state.message or "the flow failed")
+    return state.result()
+
+
+def _print_result(result: dict) -> None:
+    m, r = result.get("metrics", {}), result.get("registration", {})
+    print()
+    print(f"EM {m.get('exact_match', float('nan')):.2f}  F1 {m.get('f1', float('nan')):.2f}  "
+          f"(Urdu-normalized EM {m.get('urdu_exact_match', float('nan')):.2f}  F1 {m.get('urdu_f1', float('nan')):.2f})"
+          f"  on {m.get('n_questions')} validation questions")
+    for key in ("HasAns_f1", "NoAns_f1", "best_f1_thresh"):
+        if key in m:
+            print(f"{key} {m[key]:.4g}")
+    if r:
+        state = "promoted to prod" if r.get("promoted") else "not promoted"
+        print(f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})")
+        print(f"model: {r.get('path')}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from uqa.demo import run_demo
+
+    started = time.time()
+    result = flow_result(run_demo(Path(args.workdir), args.set))
+    _print_result(result)
+    workdir = Path(args.workdir)
+    print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")
+    print('try: uqa predict --model prod --question "ہم کیا کرنے والے ہیں؟" '
+          '--context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"')
+    return 0
+
+
+def _resolve(spec: str, project: Path) -> Path:
+    from uqa.registry import resolve_model
+
+    try:
+        return resolve_model(spec, project)
+    except UserError:
+        demo = project / "demo-run"
+        if Path(spec).exists() or not (demo / "registry").exists():
+            raise
+        path = resolve_model(spec, demo)
+        print(f"(no {spec!r} model in {project.resolve()}; using the demo's registry in {demo})", file=sys.stderr)
+        return path
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from uqa.predict import Predictor, read_batch
+
+    model_dir = _resolve(args.model, Path(args.project))
+    predictor = Predictor(model_dir, max_seq_length=args.max_seq_length, stride=args.stride, n_best=args.n_best,
+                          max_answer_length=args.max_answer_length, no_answer_threshold=args.no_answer_threshold)
+    if args.input:
+        rows = read_batch(Path(args.input))
+        answers = predictor([r["question"] for r in rows], [r["context"] for r in rows])
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for i, (row, ans) in enumerate(zip(rows, answers, strict=True)):
+                record = {"id": row.get("id", i), "question": row["question"], **ans.to_dict()}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
+    if not args.question or not args.context:
+        raise UserError("give --question and --context, or --input FILE")
+    answer = predictor([args.question], [args.context])[0]
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+    elif answer.no_answer:
+        print("answer: (no answer in the context)")
+        print(f"score:  {answer.score:.4f}")
+    else:
+        print(f"answer: {answer.answer}")
+        print(f"score:  {answer.score:.4f}")
+        print(f"chars:  {answer.start}-{answer.end}")
+    print(f"model:  {model_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from uqa.registry import PROD, Registry, _default_artifact
+
+    project = Path(args.project)
+    name = args.name or _default_artifact(project)
+    registry = Registry(project, name)
+    prod = registry.stage_version(PROD)
+    versions = registry.versions()
+    if not versions:
+        print(f"no versions of {name} in {project.resolve() / 'registry'}")
+        return 1
+    print(f"{name} ({'GTO tags' if registry.uses_git else 'registry index'}; prod = {prod})")
+    for v in versions:
+        mark = " <- prod" if v["version"] == prod else ""
+        m = v["metrics"]
+        print(f"  {v['version']}  F1 {m.get('f1', 0):6.2f}  EM {m.get('exact_match', 0):6.2f}  "
+              f"{'promoted' if v['promoted'] else 'not promoted'}: {v['reason']}{mark}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uqa", description="Fine-tune and serve extractive QA models on UQA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the Prefect flow (download -> ... -> register) in a project")
+    p.add_argument("--project", default=".", help="project directory (params.yaml, dvc.yaml)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override params.yaml, e.g. -S train.epochs=1 (written into params.yaml)")
+    p.add_argument("--push", action="store_true", help="dvc push at the end (needs a default remote)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole flow on the shipped demo data with a tiny model (CPU, minutes)")
+    p.add_argument("--workdir", default="demo-run", help="demo workspace (created on first use)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the demo's params, e.g. -S data.keep_unanswerable=true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("predict", help="answer questions with a model directory or a registry stage/version")
+    p.add_argument("--model", default="prod", help="PATH, prod (or another stage), NAME:STAGE or NAME@vX.Y.Z")
+    p.add_argument("--project", default=".", help="project whose registry resolves --model (default: .)")
+    p.add_argument("--question")
+    p.add_argument("--context")
+    p.add_argument("--input", help="batch mode: .jsonl/.json/.parquet/.csv with question, context (and id)")
+    p.add_argument("--output", help="batch mode: write jsonl here (default: stdout)")
+    p.add_argument("--json", action="store_true", help="print the single answer as JSON")
+    p.add_argument("--max-seq-length", type=int, default=None)
+    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--n-best", type=int, default=20)
+    p.add_argument("--max-answer-length", type=int, default=30)
+    p.add_argument("--no-answer-threshold", type=float, default=None,
+                   help="SQuAD2 models: predict no answer when null - best span exceeds this (default: the registered one)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("registry", help="list registered model versions and the prod stage")
+    p.add_argument("--project", default=".")
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_registry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

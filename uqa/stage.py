@@ -1,0 +1,36 @@
+"""The command-line shell around a stage function: `python -m tasks.<stage>` as dvc.yaml runs it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from uqa.errors import UserError
+from uqa.params import PARAMS_FILE, Params, load_params
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("tasks", "uqa", "flows"):
+        logging.getLogger(name).setLevel(level)
+
+
+def stage_main(name: str, run: Callable[[Params, str], Any], argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=f"Run the `{name}` stage.")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        params = load_params(args.params)
+        run(params, args.params)
+    except UserError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
