@@ -213,8 +213,10 @@ def uqa_pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None
         if changed:
             logger.info("params.yaml updated with the flow's overrides: %s", overrides)
         r = str(root)
+        stages: dict[str, str] = {}
         for stage_task in (download_task, filter_task, tokenize_task, train_task, evaluate_task, register_task):
             state = stage_task(r, return_state=True)
+            stages[stage_task.name] = state.name
             if state.is_failed():
                 logger.error("stopped: %s", state.message)
                 return Failed(message=state.message)
@@ -222,7 +224,7 @@ def uqa_pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None
             _push(root)
         metrics = _read_json(root / "metrics/eval.json")
         registration = _read_json(root / "reports/register.json")
-        return {"metrics": metrics, "registration": registration}
+        return {"metrics": metrics, "registration": registration, "stages": stages}
     finally:
         _unbridge_logs(handler, saved)
 

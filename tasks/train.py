@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from tasks.train_worker import PARAMS_ENV
 from uqa.errors import UserError
 from uqa.params import PARAMS_FILE, LauncherParams, Params
 
@@ -123,6 +124,8 @@ def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_F
     cmd = launch_command(params.train.launcher, params_file)
     timeout = params.train.timeout_minutes * 60 if params.train.timeout_minutes else None
     env = dict(os.environ)
+    # the recipe gets exactly these params (params.yaml, or what a caller passed in), as JSON
+    env[PARAMS_ENV] = json.dumps(params.to_dict())
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log.info("train: %s", " ".join(cmd))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ FINAL_DIR = Path("models/final")
 LIVE_DIR = Path("dvclive")
 REPORT = Path("reports/train.json")
 FINGERPRINT = "run_fingerprint.json"
+PARAMS_ENV = "UQA_TRAIN_PARAMS_JSON"  # set by tasks/train.py: the params to train with
 
 
 def resolve_precision(precision: str) -> str:
@@ -182,20 +184,21 @@ def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, ca
 
 
 def run(params: Params) -> dict[str, Any]:
-    from accelerate import PartialState
-
-    state = PartialState()
     data_hash = data_fingerprint()
-    resume = prepare_checkpoint_dir(params, CHECKPOINT_DIR, data_hash, state.is_main_process)
-    state.wait_for_everyone()
-    callbacks = []
+    # building the Trainer's arguments sets up the process group (the launcher set RANK/WORLD_SIZE)
+    trainer, info = make_trainer(params, CHECKPOINT_DIR)
+    state = trainer.accelerator.state
+    if state.is_main_process:
+        resume = prepare_checkpoint_dir(params, CHECKPOINT_DIR, data_hash, is_main=True)
+    trainer.accelerator.wait_for_everyone()
+    if not state.is_main_process:  # read-only: the main process has cleaned up and marked the dir
+        resume = prepare_checkpoint_dir(params, CHECKPOINT_DIR, data_hash, is_main=False)
     if state.is_main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None)
-        callbacks.append(DVCLiveCallback(live=live))
-    trainer, info = make_trainer(params, CHECKPOINT_DIR, callbacks=callbacks)
+        trainer.add_callback(DVCLiveCallback(live=live))
     if resume is not None:
         log.info("train: resuming from %s", resume)
     started = time.time()
@@ -204,9 +207,9 @@ def run(params: Params) -> dict[str, Any]:
     tmp = FINAL_DIR.with_name(f".{FINAL_DIR.name}.tmp")
     if state.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
-    state.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    state.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     report: dict[str, Any] = {}
     if state.is_main_process:
         info["tokenizer"].save_pretrained(str(tmp))
@@ -238,7 +241,7 @@ def run(params: Params) -> dict[str, Any]:
         }
         atomic_write_json(REPORT, report)
         log.info("train: done in %.1fs, %d steps, precision %s", report["train_runtime_s"], s.global_step, info["precision"])
-    state.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     return report
 
 
@@ -250,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(load_params(args.params))
+    from uqa.errors import UserError
+    from uqa.params import params_from_dict
+
+    try:
+        raw = os.environ.get(PARAMS_ENV)
+        params = params_from_dict(json.loads(raw), PARAMS_ENV) if raw else load_params(args.params)
+        run(params)
+    except UserError as exc:
+        print(f"error: train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

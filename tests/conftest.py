@@ -82,8 +82,9 @@ def make_project(root: Path, params: dict) -> Path:
     (root / ".gitignore").write_text("/data/\n/models/\n/registry/\n/dvclive/\n")
     run_ok(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
-    dvc("config", "core.analytics", "false", cwd=root)
-    dvc("config", "cache.type", "hardlink,copy", cwd=root)
+    from uqa.demo import copy_dvc_settings
+
+    copy_dvc_settings(root)  # the project's .dvc/config and offline plots template
     run_ok(["git", "add", "-A"], root)
     run_ok(["git", "commit", "-q", "-m", "init"], root)
     return root
@@ -108,3 +109,55 @@ def hub_sample_params(**sections) -> dict:
     for key, value in sections.items():
         params[key] = {**params.get(key, {}), **value}
     return params
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real `prefect server start` on 127.0.0.1:<free port> with a temporary PREFECT_HOME; stopped after."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(_HOME / "prefect-server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"prefect server did not start: {(_HOME / 'prefect-server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI) the tests start
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still there
+    os.environ.pop("PREFECT_API_URL", None)
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

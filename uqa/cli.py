@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None, push=args.push,
                          return_state=True)
-    _print_result(flow_result(state))
+    _print_result(flow_result(state), Path(args.project))
     return 0
 
 
@@ -36,7 +36,7 @@ def flow_result(state) -> dict:
     return state.result()
 
 
-def _print_result(result: dict) -> None:
+def _print_result(result: dict, base: Path = Path(".")) -> None:
     m, r = result.get("metrics", {}), result.get("registration", {})
     print()
     print(f"EM {m.get('exact_match', float('nan')):.2f}  F1 {m.get('f1', float('nan')):.2f}  "
@@ -48,7 +48,10 @@ def _print_result(result: dict) -> None:
     if r:
         state = "promoted to prod" if r.get("promoted") else "not promoted"
         print(f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})")
-        print(f"model: {r.get('path')}")
+        print(f"model: {base / r.get('path', '')}")
+    stages = result.get("stages")
+    if stages:
+        print("stages: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -56,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.time()
     result = flow_result(run_demo(Path(args.workdir), args.set))
-    _print_result(result)
+    _print_result(result, Path(args.workdir))
     workdir = Path(args.workdir)
     print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")
     print('try: uqa predict --model prod --question "ہم کیا کرنے والے ہیں؟" '

@@ -42,6 +42,13 @@ def _plain_overlay() -> dict[str, Any]:
     return _plain(read_raw(DEMO_DIR / "params.yaml"))
 
 
+def copy_dvc_settings(workdir: Path) -> None:
+    """The project's DVC config (no analytics, hardlink cache, offline plots template) for a new project."""
+    shutil.copy2(PROJECT_ROOT / ".dvc" / "config", workdir / ".dvc" / "config")
+    if (PROJECT_ROOT / ".dvc" / "plots").exists():
+        shutil.copytree(PROJECT_ROOT / ".dvc" / "plots", workdir / ".dvc" / "plots", dirs_exist_ok=True)
+
+
 def prepare_workspace(workdir: Path) -> Path:
     """Create (once) a git + DVC project for the demo; returns its absolute path."""
     for needed in (PROJECT_ROOT / "dvc.yaml", PROJECT_ROOT / "params.yaml", DEMO_DIR / "data" / "train.jsonl"):
@@ -59,8 +66,7 @@ def prepare_workspace(workdir: Path) -> Path:
     _run(["git", "config", "user.name", "uqa demo"], workdir)
     _run(["git", "config", "user.email", "uqa-demo@localhost"], workdir)
     _run(["dvc", "init", "-q"], workdir)
-    _run(["dvc", "config", "core.analytics", "false"], workdir)
-    _run(["dvc", "config", "cache.type", "hardlink,copy"], workdir)
+    copy_dvc_settings(workdir)
     _run(["git", "add", "-A"], workdir)
     _run(["git", "commit", "-q", "-m", "uqa demo workspace"], workdir)
     return workdir
