@@ -30,18 +30,29 @@ BRIDGED_LOGGERS = ("tasks", "uqa", "flows", "transformers", "datasets", "acceler
 
 
 class _RunLogBridge(logging.Handler):
-    """Forward our and the libraries' log records to the Prefect run log (the UI's Logs tab)."""
+    """Forward our and the libraries' log records to the Prefect run log (the UI's Logs tab).
+
+    Records from threads without a run context (the reader of the training process's output) go
+    to the flow run's logger."""
+
+    def __init__(self, flow_logger, level: int = logging.INFO):
+        super().__init__(level)
+        self.flow_logger = flow_logger
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            get_run_logger().log(record.levelno, "%s: %s", record.name, record.getMessage())
-        except Exception:  # outside a run context: nothing to forward to
-            pass
+            try:
+                logger = get_run_logger()
+            except Exception:  # no run context in this thread
+                logger = self.flow_logger
+            logger.log(record.levelno, "%s: %s", record.name, record.getMessage())
+        except Exception:
+            self.handleError(record)
 
 
 def _bridge_logs() -> tuple[logging.Handler, dict[str, tuple[int, bool]]]:
     """Attach the bridge; our loggers stop propagating meanwhile (the run logger prints them once)."""
-    handler = _RunLogBridge(level=logging.INFO)
+    handler = _RunLogBridge(get_run_logger(), level=logging.INFO)
     saved = {}
     for name in BRIDGED_LOGGERS:
         lg = logging.getLogger(name)

@@ -149,9 +149,15 @@ def push_to_hub(directory: Path, repo_id: str | None) -> str:
         raise UserError("register.push_to_hub is true but register.hub_repo_id is not set")
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory))
+    from uqa.errors import TransientError
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory))
+    except Exception as exc:  # the message must never carry the token
+        text = f"{type(exc).__name__}: {exc}".replace(token, "***")
+        raise TransientError(f"push to the Hub ({repo_id}) failed: {text.splitlines()[0][:300]}") from None
     return str(getattr(commit, "commit_url", repo_id))
 
 

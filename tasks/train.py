@@ -1,8 +1,9 @@
 """Stage `train`: launch the recipe (tasks/train_worker.py) with `accelerate launch` and supervise it.
 
 inputs:  data/tokenized/{train,validation,tokenizer}; params model, train
-outputs: models/final (best checkpoint: safetensors weights, config, tokenizer), models/checkpoints
-         (kept between runs for resuming), dvclive/ (training curves), reports/train.json, reports/train.log
+outputs: models/final (best checkpoint: safetensors weights, config, tokenizer), dvclive/ (training
+         curves), reports/train.json, reports/train.log; models/checkpoints is kept between runs for
+         resuming but is not a DVC output (never pushed)
 
 Training runs in a child process: a crash or an out-of-memory kill ends that process, not the flow
 that started it, and the same command scales to several GPUs or machines (train.launcher).
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 LOG_FILE = Path("reports/train.log")
 PARAMS = ["model", "train"]
 DEPS = ["data/tokenized/train", "data/tokenized/validation", "data/tokenized/tokenizer"]
-OUTS = ["models/final", "models/checkpoints", "dvclive"]
+OUTS = ["models/final", "dvclive"]  # + models/checkpoints: resumable scratch, not a DVC output
 METRICS = ["reports/train.json"]
 
 

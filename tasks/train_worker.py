@@ -90,9 +90,9 @@ def prepare_checkpoint_dir(params: Params, checkpoint_dir: Path, data_hash: str,
             previous = None
     if previous != fp:
         if is_main:
-            if Path(checkpoint_dir).exists():
+            if any(Path(checkpoint_dir).glob("checkpoint-*")):
                 log.info("train: checkpoints in %s are from other params or data; starting fresh", checkpoint_dir)
-                shutil.rmtree(checkpoint_dir)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
             atomic_write_json(marker, fp)
         return None
     ckpts = complete_checkpoints(checkpoint_dir)

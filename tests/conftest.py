@@ -79,7 +79,7 @@ def make_project(root: Path, params: dict) -> Path:
     from uqa.params import deep_merge
 
     (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, params), allow_unicode=True, sort_keys=False))
-    (root / ".gitignore").write_text("/data/\n/models/\n/registry/\n/dvclive/\n")
+    (root / ".gitignore").write_text("/models/checkpoints/\n")  # DVC ignores its own outputs
     run_ok(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
     from uqa.demo import copy_dvc_settings
@@ -130,7 +130,10 @@ def prefect_server():
     log = open(_HOME / "prefect-server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # the UI asks /ui-settings for the API address: without these it says port 4200 whatever --port is
+        env=dict(os.environ, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+                 PREFECT_UI_API_URL=url),
     )
     deadline = time.time() + 120
     while True:

@@ -135,6 +135,20 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """flow.serve: one long-running process that is both the deployment and its worker."""
+    from prefect.schedules import Cron
+
+    from flows.pipeline import uqa_pipeline
+
+    uqa_pipeline.serve(
+        name=args.name,
+        schedules=[Cron(args.cron, timezone=args.timezone)],
+        parameters={"project_dir": str(Path(args.project).resolve())},
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uqa", description="Fine-tune and serve extractive QA models on UQA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-answer-threshold", type=float, default=None,
                    help="SQuAD2 models: predict no answer when null - best span exceeds this (default: the registered one)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve the flow on a schedule (flow.serve: no work pool needed)")
+    p.add_argument("--project", default=".")
+    p.add_argument("--name", default="weekly-serve")
+    p.add_argument("--cron", default="0 2 * * 1", help="cron expression (default: Mondays 02:00)")
+    p.add_argument("--timezone", default="Asia/Karachi")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("registry", help="list registered model versions and the prod stage")
     p.add_argument("--project", default=".")

@@ -61,7 +61,7 @@ def prepare_workspace(workdir: Path) -> Path:
     shutil.copy2(PROJECT_ROOT / "dvc.yaml", workdir / "dvc.yaml")
     shutil.copytree(DEMO_DIR / "data", workdir / "demo-data", dirs_exist_ok=True)
     write_demo_params(workdir / "params.yaml")
-    (workdir / ".gitignore").write_text("/data/\n/models/\n/registry/\n/dvclive/\n/reports/predictions.parquet\n")
+    (workdir / ".gitignore").write_text("/models/checkpoints/\n")  # DVC ignores its own outputs
     _run(["git", "init", "-q"], workdir)
     _run(["git", "config", "user.name", "uqa demo"], workdir)
     _run(["git", "config", "user.email", "uqa-demo@localhost"], workdir)

@@ -138,18 +138,22 @@ def encode_windows(
     `whole`, if given, holds each pair's untruncated encoding from an earlier pass; pairs that fit
     are taken from it and only the longer ones are encoded again."""
     n = len(questions)
-    truncating = copy.deepcopy(tokenizer)
-    truncating.no_padding()
-    truncating.enable_truncation(max_seq_length, stride=stride, strategy="only_second")
+
+    def truncating() -> Tokenizer:
+        t = copy.deepcopy(tokenizer)
+        t.no_padding()
+        t.enable_truncation(max_seq_length, stride=stride, strategy="only_second")
+        return t
+
     if whole is None:
-        encodings = truncating.encode_batch(list(zip(questions, contexts, strict=True)))
+        encodings = truncating().encode_batch(list(zip(questions, contexts, strict=True)))
         return _encodings_to_windows(encodings, np.arange(n), with_type_ids)
     fits = np.fromiter((len(e.ids) <= max_seq_length for e in whole), dtype=bool, count=n)
     short = np.flatnonzero(fits)
     long = np.flatnonzero(~fits)
     parts = [_encodings_to_windows([whole[i] for i in short], short, with_type_ids)]
     if len(long):
-        enc = truncating.encode_batch([(questions[i], contexts[i]) for i in long])
+        enc = truncating().encode_batch([(questions[i], contexts[i]) for i in long])
         parts.append(_encodings_to_windows(enc, long, with_type_ids))
     merged = _concat(parts)
     # back to example order (stable, so an example's windows keep their order)

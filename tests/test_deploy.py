@@ -1,0 +1,156 @@
+"""Operating it for real: prefect.yaml deployed to a process work pool on a real server, a worker runs it;
+what the UI shows is read back through the REST API and from the rendered UI page itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_project
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_uqaTestSecretDoNotLog1234567890"
+STAGES = {"download", "filter", "tokenize", "train", "evaluate", "register"}
+DEMO_TINY = {
+    "data": {"source": {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}},
+    "model": {"init": "scratch", "config": {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2,
+                                            "num_attention_heads": 2, "intermediate_size": 64,
+                                            "max_position_embeddings": 130, "type_vocab_size": 1}},
+    "tokenize": {"vocab_size": 800},
+    "train": {"epochs": 1, "max_steps": 10, "train_batch_size": 32, "gradient_accumulation_steps": 1,
+              "learning_rate": 2e-3, "logging_steps": 5},
+}
+
+
+def api(url: str, path: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}{path}", data=data, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def prefect_cli(*args: str, env: dict, cwd: Path = REPO, timeout: float = 180) -> str:
+    r = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def deployed_run(prefect_server, tmp_path_factory):
+    """Deploy `weekly` from prefect.yaml, start a process worker, run the deployment, wait for it."""
+    url = prefect_server
+    project = make_project(tmp_path_factory.mktemp("deployed") / "project", DEMO_TINY)
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    out = prefect_cli("--no-prompt", "deploy", "-n", "weekly", env=env)
+    assert "uqa-pipeline/weekly" in out
+    worker_log = open(tmp_path_factory.mktemp("worker") / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "uqa-local", "--limit", "1"],
+        cwd=REPO, env=dict(env, HF_TOKEN=SECRET), stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        out = prefect_cli("deployment", "run", "uqa-pipeline/weekly", "--param", f"project_dir={project}", env=env)
+        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+        deadline = time.time() + 600
+        while True:
+            run = api(url, f"/flow_runs/{flow_run_id}")
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.time() < deadline, f"flow run still {run['state_type']}"
+            time.sleep(2)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker_log.close()
+    assert run["state_type"] == "COMPLETED", Path(worker_log.name).read_text()[-5000:]
+    return url, flow_run_id, project
+
+
+def test_deployment_has_the_weekly_schedule(deployed_run):
+    url, _, _ = deployed_run
+    deployment = api(url, "/deployments/name/uqa-pipeline/weekly")
+    schedule = deployment["schedules"][0]["schedule"]
+    assert (schedule["cron"], schedule["timezone"]) == ("0 2 * * 1", "Asia/Karachi")
+    assert deployment["work_pool_name"] == "uqa-local"
+    assert deployment["parameters"]["project_dir"] == "."
+
+
+def test_run_shows_stages_artifacts_and_library_logs(deployed_run):
+    url, flow_run_id, project = deployed_run
+    tasks = api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    names = {t["name"].rsplit("-", 1)[0] for t in tasks}
+    assert STAGES <= names
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    by_key = {a["key"]: a for a in artifacts}
+    assert {"uqa-metrics", "uqa-filter-report", "uqa-registration", "uqa-errors"} <= set(by_key)
+    metrics = by_key["uqa-metrics"]["data"]
+    assert "| exact match |" in metrics and "Urdu-normalized" in metrics
+    assert "unanswerable: 490" in by_key["uqa-filter-report"]["data"]
+    registration = by_key["uqa-registration"]["data"]
+    assert "uqa-qa v0.0.1" in registration and "promoted to prod: **yes**" in registration
+    assert str(project / "registry" / "uqa-qa" / "v0.0.1" / "README.md") in registration
+    logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    messages = [entry["message"] for entry in logs]
+    offset = 200
+    while len(logs) == 200:
+        logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200,
+                                         "offset": offset})
+        messages += [entry["message"] for entry in logs]
+        offset += 200
+    text = "\n".join(messages)
+    assert "tasks.download: download: 2401 train rows" in text  # our stage loggers
+    assert "train | " in text  # the training process's output
+    assert "tasks.evaluate: evaluate:" in text
+    # the token in the worker's environment never reaches logs or artifacts
+    assert SECRET not in text
+    assert all(SECRET not in (a.get("data") or "") for a in artifacts)
+
+
+def test_flow_run_page_renders_in_a_browser(deployed_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    url, flow_run_id, _ = deployed_run
+    ui = url.removesuffix("/api")
+    out_dir = REPO / "reports" / "ui"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1400,1000", "--virtual-time-budget=20000"]
+
+    def browse(path: str, *extra: str) -> str:
+        with tempfile.TemporaryDirectory() as profile:
+            r = subprocess.run([chromium, *flags, f"--user-data-dir={profile}", *extra, f"{ui}{path}"],
+                               capture_output=True, text=True, timeout=120)
+        return r.stdout
+
+    page = f"/runs/flow-run/{flow_run_id}"
+    dom = browse(page, "--dump-dom")
+    browse(page, f"--screenshot={out_dir / 'flow-run.png'}")
+    assert (out_dir / "flow-run.png").stat().st_size > 10_000
+    assert "uqa-pipeline" in dom and "Completed" in dom
+    for stage in STAGES:  # task runs are named <stage>-<suffix> in the page
+        assert re.search(rf">\s*{stage}-[0-9a-f]{{3}}\s*<", dom), stage
+    artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    metrics_id = next(a["id"] for a in artifacts if a["key"] == "uqa-metrics")
+    artifact_dom = browse(f"/artifacts/artifact/{metrics_id}", "--dump-dom")
+    browse(f"/artifacts/artifact/{metrics_id}", f"--screenshot={out_dir / 'metrics-artifact.png'}")
+    assert "Evaluation metrics" in artifact_dom and "Urdu-normalized" in artifact_dom

@@ -1,0 +1,71 @@
+"""DVC as users run it: experiments with -S, a local remote, a fresh clone that pulls and is clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_project, run_ok
+
+pytestmark = pytest.mark.slow
+
+PARAMS = {
+    "data": {"source": {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}},
+    "model": {"init": "scratch", "config": {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2,
+                                            "num_attention_heads": 2, "intermediate_size": 64,
+                                            "max_position_embeddings": 130, "type_vocab_size": 1}},
+    "tokenize": {"vocab_size": 800},
+    "train": {"epochs": 1, "max_steps": 8, "train_batch_size": 32, "gradient_accumulation_steps": 1,
+              "learning_rate": 2e-3, "logging_steps": 4},
+}
+
+
+def _dvc(*args: str, cwd: Path) -> str:
+    # stage commands run `python -m tasks...`: the test's interpreter must be the `python` on PATH
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return run_ok([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, timeout=900).stdout
+
+
+def test_experiments_remote_and_clone(tmp_path):
+    project = make_project(tmp_path / "project", PARAMS)
+    _dvc("exp", "run", "-S", "train.learning_rate=0.003", "-n", "lr-3e-3", cwd=project)
+    _dvc("exp", "run", "-S", "train.learning_rate=0.001", "-n", "lr-1e-3", cwd=project)
+    shown = json.loads(_dvc("exp", "show", "--json", cwd=project))
+    experiments = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                data = rev.get("data") or {}
+                experiments[rev.get("name") or data.get("name")] = data
+    assert {"lr-3e-3", "lr-1e-3"} <= set(experiments)
+    for name, lr in (("lr-3e-3", 0.003), ("lr-1e-3", 0.001)):
+        data = experiments[name]
+        assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == lr
+        metrics = data["metrics"]["metrics/eval.json"]["data"]
+        assert {"exact_match", "f1", "urdu_f1"} <= set(metrics)
+    table = _dvc("exp", "show", "--md", cwd=project)
+    assert "lr-3e-3" in table and "f1" in table
+
+    # the workspace holds the last experiment: commit it, push data and models to a local remote
+    remote = tmp_path / "remote"
+    _dvc("remote", "add", "-d", "local", str(remote), cwd=project)
+    run_ok(["git", "add", "-A"], project)
+    run_ok(["git", "commit", "-q", "-m", "results"], project)
+    pushed = _dvc("push", cwd=project)
+    assert "pushed" in pushed
+    clone = tmp_path / "clone"
+    run_ok(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    _dvc("pull", cwd=clone)
+    assert (clone / "data" / "tokenized" / "train" / "dataset_info.json").exists()
+    assert (clone / "models" / "final" / "model.safetensors").exists()
+    assert any((clone / "registry" / "uqa-qa").glob("v0.0.*/README.md"))
+    assert json.loads(_dvc("status", "--json", cwd=clone)) == {}
+    # and the pulled, registered model answers
+    from uqa.registry import resolve_model
+
+    version_dir = resolve_model(f"uqa-qa@{json.loads((clone / 'reports' / 'register.json').read_text())['version']}",
+                                clone)
+    assert (version_dir / "config.json").exists()
