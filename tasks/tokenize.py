@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import UserError
-from uqa.features import Labels, Windows, encode_whole, encode_windows, label_windows, pair_lengths
+from uqa.features import Labels, Windows, encode_pairs, label_windows
 from uqa.params import Params
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     val_rows = first_row_per_id(tables["validation"].column("id").to_pylist())
     tables["validation"] = tables["validation"].take(pa.array(val_rows))
 
-    columns = {s: {c: tables[s].column(c).to_pylist() for c in ("question", "context", "answer", "id")} for s in SPLITS}
+    columns = {s: {c: tables[s].column(c).to_pylist() for c in ("question", "context", "answer")} for s in SPLITS}
+    columns["validation"]["id"] = tables["validation"].column("id").to_pylist()
     for s in SPLITS:
         columns[s]["answer_start"] = tables[s].column("answer_start").to_numpy()
         columns[s]["is_impossible"] = tables[s].column("is_impossible").to_numpy(zero_copy_only=False)
@@ -126,26 +128,22 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     limit = sequence_limit(params.model, tokenizer)
     stride = params.tokenize.stride
 
-    whole = None
-    longest = None
+    # one tokenizer pass: every question and every distinct context, once
+    encoded = {s: encode_pairs(backend, columns[s]["question"], columns[s]["context"], with_type_ids) for s in SPLITS}
+    longest = int(max(encoded[s].lengths.max() for s in SPLITS))
     if params.tokenize.max_seq_length == "auto":
-        # encode every pair whole once: the longest gives max_seq_length, and pairs that fit are done
-        whole = {s: encode_whole(backend, columns[s]["question"], columns[s]["context"]) for s in SPLITS}
-        longest = max(len(e.ids) for s in SPLITS for e in whole[s])
         max_seq_length = min(longest, limit)
     else:
         max_seq_length = int(params.tokenize.max_seq_length)
         if max_seq_length > limit:
             raise UserError(f"tokenize.max_seq_length {max_seq_length} exceeds the model's limit {limit}")
-    longest_question = max(
-        int(pair_lengths(backend, [q], [""])[0]) for s in SPLITS for q in _longest(columns[s]["question"])
-    )
-    windowing = longest is None or longest > max_seq_length  # with auto, no pair may need a second window
-    if longest_question + 16 > max_seq_length or (windowing and stride >= max_seq_length - longest_question - 4):
+    longest_question = int(max(encoded[s].questions.lengths.max() for s in SPLITS))
+    room = max_seq_length - longest_question - encoded["train"].template.n_special
+    if room < 8 or (longest > max_seq_length and room <= stride):  # with auto, windowing may not be needed
         raise UserError(
-            f"tokenize: max_seq_length {max_seq_length} leaves too little room for the context next to the "
-            f"longest question ({longest_question} tokens) with stride {stride}; lower tokenize.stride "
-            "or raise tokenize.max_seq_length"
+            f"tokenize: max_seq_length {max_seq_length} leaves {room} context tokens next to the longest "
+            f"question ({longest_question} tokens), with stride {stride}; lower tokenize.stride or raise "
+            "tokenize.max_seq_length"
         )
 
     report: dict[str, Any] = {
@@ -159,12 +157,9 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     }
     for split in SPLITS:
         c = columns[split]
-        windows = encode_windows(
-            backend, c["question"], c["context"], max_seq_length, stride, with_type_ids,
-            whole=None if whole is None else whole[split],
-        )
+        windows = encoded[split].windows(max_seq_length, stride)
         starts = c["answer_start"].astype(np.int64)
-        ends = starts + np.fromiter((len(a) for a in c["answer"]), dtype=np.int64, count=len(starts))
+        ends = starts + pc.utf8_length(tables[split].column("answer")).to_numpy(zero_copy_only=False)
         answerable = ~c["is_impossible"].astype(bool)
         starts = np.where(answerable, starts, -1)
         labels = label_windows(windows, starts, ends, cls_index=0)
@@ -187,10 +182,6 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
         tokenizer.save_pretrained(str(tmp))
     atomic_write_json(report_path, report)
     return report
-
-
-def _longest(questions: list[str], k: int = 3) -> list[str]:
-    return sorted(questions, key=len, reverse=True)[:k]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import datasets
@@ -13,7 +14,7 @@ from conftest import TINY_CONFIG, UQA_DIR, URDU_TOKENIZER, needs_shared
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import first_row_per_id, tokenize_splits
-from uqa.features import encode_whole, encode_windows, label_windows
+from uqa.features import encode_windows, label_windows
 from uqa.params import params_from_dict
 from uqa.tokenizer import load_tokenizer
 
@@ -152,10 +153,43 @@ def test_windows_overlap_by_stride_and_labels_pick_the_right_window():
     a = windows.char_start[base + labels.start_positions[w]]
     b = windows.char_end[base + labels.end_positions[w]]
     assert context[a:b].strip() == answer
-    # the untruncated first pass gives the same windows for pairs that fit
-    whole = encode_whole(backend, ["سوال کیا ہے؟"], [context])
-    again = encode_windows(backend, ["سوال کیا ہے؟"], [context], 32, 8, whole=whole)
-    assert np.array_equal(again.input_ids, windows.input_ids) and np.array_equal(again.row_splits, windows.row_splits)
+    # exactly the tokenizer's own truncation="only_second" + stride + overflow
+    reference = copy.deepcopy(backend)
+    reference.enable_truncation(32, stride=8, strategy="only_second")
+    enc = reference.encode("سوال کیا ہے؟", context)
+    assert ids == [enc.ids] + [o.ids for o in enc.overflowing]
+
+
+def test_bert_style_template_and_type_ids_match_the_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["کراچی پاکستان کا سب سے بڑا شہر ہے اور بندرگاہ بھی"] * 5,
+                            trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    questions = ["سب سے بڑا شہر؟", "بندرگاہ؟"]
+    contexts = ["کراچی پاکستان کا سب سے بڑا شہر ہے اور بندرگاہ بھی " * 3] * 2
+    windows = encode_windows(tok, questions, contexts, 20, 4, with_type_ids=True)
+    reference = copy.deepcopy(tok)
+    reference.enable_truncation(20, stride=4, strategy="only_second")
+    expected_ids, expected_types, expected_offsets = [], [], []
+    for q, c in zip(questions, contexts, strict=True):
+        enc = reference.encode(q, c)
+        for w in [enc, *enc.overflowing]:
+            expected_ids.append(w.ids)
+            expected_types.append(w.type_ids)
+            expected_offsets.append([o if s == 1 else (-1, -1) for o, s in zip(w.offsets, w.sequence_ids, strict=True)])
+    got = [windows.input_ids[a:b].tolist() for a, b in zip(windows.row_splits[:-1], windows.row_splits[1:], strict=True)]
+    types = [windows.token_type_ids[a:b].tolist() for a, b in zip(windows.row_splits[:-1], windows.row_splits[1:],
+                                                                  strict=True)]
+    offsets = [list(zip(windows.char_start[a:b].tolist(), windows.char_end[a:b].tolist(), strict=True))
+               for a, b in zip(windows.row_splits[:-1], windows.row_splits[1:], strict=True)]
+    assert got == expected_ids and types == expected_types
+    assert offsets == [[tuple(o) for o in w] for w in expected_offsets]
+    assert windows.window_to_example.tolist() == sorted(windows.window_to_example.tolist())
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

@@ -1,13 +1,15 @@
 """Question/context pairs -> sliding-window features with token labels, as flat numpy arrays.
 
-One tokenizer pass does the work: with `max_seq_length: auto` the pairs are first encoded whole
-(that pass gives the lengths the limit is computed from, and it *is* the final encoding of every
-pair that fits), and only the pairs longer than the limit are encoded again with truncation,
-stride and overflow. Labels are computed for all windows at once with numpy."""
+Every distinct context is tokenized once (UQA asks about five questions per paragraph) and every
+question once, without special tokens; the windows are then assembled with numpy exactly as the
+tokenizer's own `truncation="only_second"` + `stride` + overflow would build them (the pair
+template read off the tokenizer). The whole-pair lengths that `max_seq_length: auto` needs come
+from the same pass. Labels are computed for all windows at once with numpy."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,108 +66,190 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offsets
 
 
-def _encodings_to_windows(encodings: list, example_of_encoding: np.ndarray, with_type_ids: bool) -> Windows:
-    ids: list = []
-    types: list = []
-    seq: list = []
-    offs: list = []
-    owner: list[int] = []
-    for enc, ex in zip(encodings, example_of_encoding, strict=True):
-        for window in (enc, *enc.overflowing):
-            ids.append(window.ids)
-            seq.append(window.sequence_ids)
-            offs.append(window.offsets)
-            if with_type_ids:
-                types.append(window.type_ids)
-            owner.append(int(ex))
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    splits = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=splits[1:])
-    flat_ids = np.fromiter((t for w in ids for t in w), dtype=np.int32, count=int(splits[-1]))
-    # sequence id 1 marks context tokens; None (specials) and 0 (question) are not context
-    is_ctx = np.fromiter((s == 1 for w in seq for s in w), dtype=bool, count=int(splits[-1]))
-    flat_off = np.fromiter((c for w in offs for o in w for c in o), dtype=np.int32, count=2 * int(splits[-1]))
-    flat_off = flat_off.reshape(-1, 2)
-    char_start = np.where(is_ctx, flat_off[:, 0], NO_CHAR).astype(np.int32)
-    char_end = np.where(is_ctx, flat_off[:, 1], NO_CHAR).astype(np.int32)
-    type_ids = None
-    if with_type_ids:
-        type_ids = np.fromiter((t for w in types for t in w), dtype=np.int8, count=int(splits[-1]))
-    return Windows(flat_ids, type_ids, char_start, char_end, splits, np.asarray(owner, dtype=np.int32))
+CHUNK = 4096  # pairs per tokenizer call: Encoding objects are large, numpy arrays are not
 
 
-def _concat(parts: list[Windows]) -> Windows:
-    parts = [p for p in parts if p.n_windows]
-    if not parts:
-        raise ValueError("no windows")
-    if len(parts) == 1:
-        return parts[0]
-    splits = [parts[0].row_splits]
-    base = parts[0].row_splits[-1]
-    for p in parts[1:]:
-        splits.append(p.row_splits[1:] + base)
-        base += p.row_splits[-1]
-    return Windows(
-        input_ids=np.concatenate([p.input_ids for p in parts]),
-        token_type_ids=None if parts[0].token_type_ids is None else np.concatenate([p.token_type_ids for p in parts]),
-        char_start=np.concatenate([p.char_start for p in parts]),
-        char_end=np.concatenate([p.char_end for p in parts]),
-        row_splits=np.concatenate(splits),
-        window_to_example=np.concatenate([p.window_to_example for p in parts]),
+CHUNK = 8192  # texts per tokenizer call: Encoding objects are large, numpy arrays are not
+
+
+def _empty(with_type_ids: bool) -> Windows:
+    z = np.zeros(0, dtype=np.int32)
+    return Windows(z, z.astype(np.int8) if with_type_ids else None, z, z, np.zeros(1, dtype=np.int64), z)
+
+
+@dataclass
+class _Texts:
+    """Texts tokenized without special tokens: text t owns tokens splits[t]:splits[t+1]."""
+
+    ids: np.ndarray
+    offsets: np.ndarray  # [n_tokens, 2] int32 character offsets
+    splits: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.splits)
+
+
+def _tokenize_texts(backend: Tokenizer, texts: list[str], with_offsets: bool = True) -> _Texts:
+    """Chunks of texts through the tokenizer; the next chunk is encoded (in Rust, without the GIL)
+    while this one is copied into numpy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chain = itertools.chain.from_iterable
+    ids_parts, off_parts, lengths = [], [], []
+    chunks = [texts[a : a + CHUNK] for a in range(0, len(texts), CHUNK)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(backend.encode_batch, chunks[0], add_special_tokens=False) if chunks else None
+        for k in range(len(chunks)):
+            encodings = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(backend.encode_batch, chunks[k + 1], add_special_tokens=False)
+            n = [len(e.ids) for e in encodings]
+            total = sum(n)
+            lengths.extend(n)
+            ids_parts.append(np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total))
+            if with_offsets:
+                off_parts.append(np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int32,
+                                             count=2 * total).reshape(-1, 2))
+            del encodings
+    splits = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=splits[1:])
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
+    offsets = np.concatenate(off_parts) if off_parts else np.zeros((0, 2), np.int32)
+    return _Texts(ids, offsets, splits)
+
+
+@dataclass
+class PairTemplate:
+    """Where the tokenizer's post-processor puts special tokens around a (question, context) pair."""
+
+    prefix: np.ndarray  # ids before the question
+    middle: np.ndarray  # ids between question and context
+    suffix: np.ndarray  # ids after the context
+    prefix_types: np.ndarray
+    middle_types: np.ndarray
+    suffix_types: np.ndarray
+    question_type: int
+    context_type: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @classmethod
+    def of(cls, backend: Tokenizer) -> PairTemplate:
+        enc = backend.encode("a", "b")
+        seq = enc.sequence_ids
+        q = [i for i, x in enumerate(seq) if x == 0]
+        c = [i for i, x in enumerate(seq) if x == 1]
+        if not q or not c or q[-1] >= c[0]:
+            raise ValueError("the tokenizer does not encode (question, context) pairs as question then context")
+        ids, types = np.asarray(enc.ids, np.int32), np.asarray(enc.type_ids, np.int8)
+        cut = [slice(0, q[0]), slice(q[-1] + 1, c[0]), slice(c[-1] + 1, len(ids))]
+        return cls(ids[cut[0]], ids[cut[1]], ids[cut[2]], types[cut[0]], types[cut[1]], types[cut[2]],
+                   int(types[q[0]]), int(types[c[0]]))
+
+
+@dataclass
+class EncodedPairs:
+    """Questions and (distinct) contexts tokenized once; windows for any max_seq_length / stride."""
+
+    template: PairTemplate
+    questions: _Texts
+    contexts: _Texts
+    context_of: np.ndarray  # example -> distinct context
+    with_type_ids: bool
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token count of each whole pair, special tokens included."""
+        return (self.questions.lengths + self.contexts.lengths[self.context_of] + self.template.n_special)
+
+    def windows(self, max_seq_length: int, stride: int) -> Windows:
+        """What tokenizer(q, c, truncation="only_second", max_length, stride, return_overflowing_tokens)
+        returns: the context cut into windows of `budget` tokens, each starting `budget - stride` after
+        the previous one, the last one ending at the context's end."""
+        t = self.template
+        n_examples = len(self.context_of)
+        if n_examples == 0:
+            return _empty(self.with_type_ids)
+        q_len = self.questions.lengths
+        c_len = self.contexts.lengths[self.context_of]
+        budget = max_seq_length - q_len - t.n_special
+        whole = c_len <= budget
+        if np.any(~whole & (budget <= stride)):
+            i = int(np.flatnonzero(~whole & (budget <= stride))[0])
+            raise ValueError(f"example {i}: a {q_len[i]}-token question leaves {budget[i]} context tokens per "
+                             f"window, not more than the stride {stride}")
+        step = np.maximum(budget - stride, 1)
+        n_win = np.where(whole, 1, 1 + -(-(c_len - budget) // step))
+        win_ex = np.repeat(np.arange(n_examples), n_win)
+        first = np.concatenate([[0], np.cumsum(n_win)[:-1]])
+        k = np.arange(len(win_ex)) - first[win_ex]  # window number within its example
+        c_from = k * step[win_ex]
+        c_to = np.minimum(c_from + budget[win_ex], c_len[win_ex])
+        c_n = c_to - c_from
+        qn = q_len[win_ex]
+        lengths = t.n_special + qn + c_n
+        splits = np.zeros(len(win_ex) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=splits[1:])
+        total = int(splits[-1])
+        ids = np.empty(total, dtype=np.int32)
+        types = np.empty(total, dtype=np.int8) if self.with_type_ids else None
+        cs = np.full(total, NO_CHAR, dtype=np.int32)
+        ce = np.full(total, NO_CHAR, dtype=np.int32)
+        base = splits[:-1]
+        np_, nm = len(t.prefix), len(t.middle)
+
+        def put_constant(offset: np.ndarray, values: np.ndarray, type_values: np.ndarray) -> None:
+            for j in range(len(values)):
+                ids[offset + j] = values[j]
+                if types is not None:
+                    types[offset + j] = type_values[j]
+
+        put_constant(base, t.prefix, t.prefix_types)
+        q_dst = _ranges(base + np_, qn)
+        q_src = _ranges(self.questions.splits[:-1][win_ex], qn)
+        ids[q_dst] = self.questions.ids[q_src]
+        put_constant(base + np_ + qn, t.middle, t.middle_types)
+        c_dst = _ranges(base + np_ + qn + nm, c_n)
+        c_src = _ranges(self.contexts.splits[:-1][self.context_of[win_ex]] + c_from, c_n)
+        ids[c_dst] = self.contexts.ids[c_src]
+        cs[c_dst] = self.contexts.offsets[c_src, 0]
+        ce[c_dst] = self.contexts.offsets[c_src, 1]
+        put_constant(base + np_ + qn + nm + c_n, t.suffix, t.suffix_types)
+        if types is not None:
+            types[q_dst] = t.question_type
+            types[c_dst] = t.context_type
+        return Windows(ids, types, cs, ce, splits, win_ex.astype(np.int32))
+
+
+def encode_pairs(tokenizer: Tokenizer, questions: list[str], contexts: list[str],
+                 with_type_ids: bool = False) -> EncodedPairs:
+    backend = copy.deepcopy(tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    distinct: dict[str, int] = {}
+    context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
+                             count=len(contexts))
+    return EncodedPairs(
+        template=PairTemplate.of(backend),
+        questions=_tokenize_texts(backend, list(questions), with_offsets=False),
+        contexts=_tokenize_texts(backend, list(distinct)),
+        context_of=context_of,
+        with_type_ids=with_type_ids,
     )
 
 
 def pair_lengths(tokenizer: Tokenizer, questions: list[str], contexts: list[str]) -> np.ndarray:
     """Token count of each whole question+context pair (special tokens included)."""
-    backend = copy.deepcopy(tokenizer)
-    backend.no_truncation()
-    backend.no_padding()
-    encodings = backend.encode_batch(list(zip(questions, contexts, strict=True)))
-    return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    return encode_pairs(tokenizer, questions, contexts).lengths
 
 
-def encode_windows(
-    tokenizer: Tokenizer,
-    questions: list[str],
-    contexts: list[str],
-    max_seq_length: int,
-    stride: int,
-    with_type_ids: bool = False,
-    whole: list | None = None,
-) -> Windows:
-    """Sliding windows over each context (question kept whole, `stride` tokens of overlap).
-
-    `whole`, if given, holds each pair's untruncated encoding from an earlier pass; pairs that fit
-    are taken from it and only the longer ones are encoded again."""
-    n = len(questions)
-
-    def truncating() -> Tokenizer:
-        t = copy.deepcopy(tokenizer)
-        t.no_padding()
-        t.enable_truncation(max_seq_length, stride=stride, strategy="only_second")
-        return t
-
-    if whole is None:
-        encodings = truncating().encode_batch(list(zip(questions, contexts, strict=True)))
-        return _encodings_to_windows(encodings, np.arange(n), with_type_ids)
-    fits = np.fromiter((len(e.ids) <= max_seq_length for e in whole), dtype=bool, count=n)
-    short = np.flatnonzero(fits)
-    long = np.flatnonzero(~fits)
-    parts = [_encodings_to_windows([whole[i] for i in short], short, with_type_ids)]
-    if len(long):
-        enc = truncating().encode_batch([(questions[i], contexts[i]) for i in long])
-        parts.append(_encodings_to_windows(enc, long, with_type_ids))
-    merged = _concat(parts)
-    # back to example order (stable, so an example's windows keep their order)
-    order = np.argsort(merged.window_to_example, kind="stable")
-    return merged.take(order)
-
-
-def encode_whole(tokenizer: Tokenizer, questions: list[str], contexts: list[str]) -> list:
-    backend = copy.deepcopy(tokenizer)
-    backend.no_truncation()
-    backend.no_padding()
-    return backend.encode_batch(list(zip(questions, contexts, strict=True)))
+def encode_windows(tokenizer: Tokenizer, questions: list[str], contexts: list[str], max_seq_length: int,
+                   stride: int, with_type_ids: bool = False) -> Windows:
+    """Sliding windows over each context (question kept whole, `stride` tokens of overlap)."""
+    return encode_pairs(tokenizer, questions, contexts, with_type_ids).windows(max_seq_length, stride)
 
 
 @dataclass
@@ -182,42 +266,52 @@ def label_windows(
 
     Start is the context token with the largest start <= answer start, end the token with the
     smallest end >= answer end; on ties the later token (XLM-R's lone '▁' piece shares its offsets
-    with the next token). A window whose context does not hold the whole answer,
-    and every window of an unanswerable example (start = -1), is labelled `cls_index`."""
+    with the next token). A window whose context does not hold the whole answer, and every window
+    of an unanswerable example (start = -1), is labelled `cls_index`.
+
+    Context offsets rise within a window, so each label is two binary searches over the window's
+    context tokens (all windows at once: keys are window * 2^32 + offset)."""
     nw = windows.n_windows
-    tok_win = windows.token_window()
-    pos = np.arange(len(windows.input_ids), dtype=np.int64) - windows.row_splits[:-1][tok_win]
+    cs, ce = windows.char_start, windows.char_end
+    valid = np.flatnonzero((cs != NO_CHAR) & (ce > cs))  # zero-width pieces cover no character
+    win = np.repeat(np.arange(nw, dtype=np.int64), windows.lengths)[valid]
+    shift = np.int64(1) << 32
+    key_s = win * shift + cs[valid]
+    key_e = win * shift + ce[valid]
+    # each window's valid context tokens are valid[lo[w]:hi[w]]
+    lo = np.searchsorted(win, np.arange(nw), side="left")
+    hi = np.searchsorted(win, np.arange(nw), side="right")
     s = answer_start_char[windows.window_to_example].astype(np.int64)
     e = answer_end_char[windows.window_to_example].astype(np.int64)
-    cs = windows.char_start.astype(np.int64)
-    ce = windows.char_end.astype(np.int64)
-    ctx = (cs != NO_CHAR) & (ce > cs)  # zero-width pieces cover no character
-    big = np.int64(1) << 40
-    starts = windows.row_splits[:-1]
-    win_min = np.minimum.reduceat(np.where(ctx, cs, big), starts)
-    win_max = np.maximum.reduceat(np.where(ctx, ce, -1), starts)
-    has = (s >= 0) & (win_min <= s) & (win_max >= e)
-
-    ts, te = s[tok_win], e[tok_win]
-    overlap = ctx & (cs < te) & (ce > ts) & has[tok_win]
-    width = np.int64(1) << 20  # > any window length
-    # start: max over overlapping tokens with start <= s of (start, pos); else the first overlapping token
-    key = np.where(overlap & (cs <= ts), cs * width + pos, -1)
-    best = np.maximum.reduceat(key, starts)
-    first_overlap = np.minimum.reduceat(np.where(overlap, pos, big), starts)
-    start_pos = np.where(best >= 0, best % width, first_overlap)
-    # end: min over overlapping tokens with end >= e of end, the later token on ties (as for the
-    # start, the lone '▁' shares its offsets with the next token); else the last overlapping token
-    key = np.where(overlap & (ce >= te), ce * width + (width - 1 - pos), big)
-    best = np.minimum.reduceat(key, starts)
-    last_overlap = np.maximum.reduceat(np.where(overlap, pos, -1), starts)
-    end_pos = np.where(best < big, width - 1 - best % width, last_overlap)
-    end_pos = np.maximum(end_pos, start_pos)
-
-    has &= first_overlap < big  # an answer made only of characters no token covers cannot be labelled
+    nonempty = hi > lo
+    first_cs = np.where(nonempty, cs[valid[np.minimum(lo, len(valid) - 1)]], -1) if len(valid) else lo * 0 - 1
+    last_ce = np.where(nonempty, ce[valid[np.maximum(hi - 1, 0)]], -1) if len(valid) else lo * 0 - 1
+    has = (s >= 0) & nonempty & (first_cs <= s) & (last_ce >= e)
+    w = np.arange(nw, dtype=np.int64)
+    base = w * shift
+    # start: the last token starting at or before s; past it if it ends before s (uncovered chars)
+    i = np.clip(np.searchsorted(key_s, base + s, side="right") - 1, lo, np.maximum(hi - 1, lo))
+    if len(valid):
+        i = np.where((ce[valid[np.minimum(i, len(valid) - 1)]] <= s) & (i + 1 < hi), i + 1, i)
+    # end: the first token ending at or after e, then its twin if one follows; before it if it
+    # starts at or after e
+    j = np.clip(np.searchsorted(key_e, base + e, side="left"), lo, np.maximum(hi - 1, lo))
+    if len(valid):
+        jv = valid[np.minimum(j, len(valid) - 1)]
+        j = np.where((cs[jv] >= e) & (j - 1 >= lo), j - 1, j)
+        j = np.clip(np.searchsorted(key_e, key_e[np.minimum(j, len(valid) - 1)], side="right") - 1, lo,
+                    np.maximum(hi - 1, lo))
+    j = np.maximum(i, j)
+    row = windows.row_splits[:-1]
+    if len(valid):
+        vi = valid[np.minimum(i, len(valid) - 1)]
+        start_pos = vi - row
+        end_pos = valid[np.minimum(j, len(valid) - 1)] - row
+        has &= (ce[vi] > s) & (cs[vi] < e)  # an answer no token overlaps cannot be labelled
+    else:
+        start_pos = end_pos = np.zeros(nw, dtype=np.int64)
     start_pos = np.where(has, start_pos, cls_index).astype(np.int32)
     end_pos = np.where(has, end_pos, cls_index).astype(np.int32)
-    assert len(start_pos) == nw
     return Labels(start_pos, end_pos, has)
 
 

@@ -57,11 +57,14 @@ def pad_ragged(values: np.ndarray, row_splits: np.ndarray, fill, dtype) -> np.nd
 
 
 def _softmax_log_norm(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """log-sum-exp over valid positions per row."""
-    x = np.where(valid, logits, NEG).astype(np.float64)
+    """log-sum-exp over valid positions per row (float32, in place on a copy)."""
+    x = np.array(logits, dtype=np.float32)
+    x[~valid] = NEG
     m = np.max(x, axis=1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return (m + np.log(np.sum(np.exp(x - m), axis=1, keepdims=True)))[:, 0]
+    m[~np.isfinite(m)] = 0.0
+    x -= m
+    np.exp(x, out=x)
+    return m[:, 0].astype(np.float64) + np.log(x.sum(axis=1, dtype=np.float64))
 
 
 def _exhaustive_best(start: np.ndarray, end: np.ndarray, ctx: np.ndarray, max_len: int):

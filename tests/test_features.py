@@ -1,0 +1,95 @@
+"""The binary-search labeller agrees with the first, token-level implementation, on real UQA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
+
+from uqa.features import NO_CHAR, Labels, Windows, encode_windows, label_windows
+
+
+def reference_label_windows(
+    windows: Windows, answer_start_char: np.ndarray, answer_end_char: np.ndarray, cls_index: int = 0
+) -> Labels:
+    """The first implementation (token-level reduceat), kept as a reference. Token labels: the tightest token span covering [answer_start_char, answer_end_char).
+
+    Start is the context token with the largest start <= answer start, end the token with the
+    smallest end >= answer end; on ties the later token (XLM-R's lone '▁' piece shares its offsets
+    with the next token). A window whose context does not hold the whole answer,
+    and every window of an unanswerable example (start = -1), is labelled `cls_index`."""
+    nw = windows.n_windows
+    tok_win = windows.token_window()
+    pos = np.arange(len(windows.input_ids), dtype=np.int64) - windows.row_splits[:-1][tok_win]
+    s = answer_start_char[windows.window_to_example].astype(np.int64)
+    e = answer_end_char[windows.window_to_example].astype(np.int64)
+    cs = windows.char_start.astype(np.int64)
+    ce = windows.char_end.astype(np.int64)
+    ctx = (cs != NO_CHAR) & (ce > cs)  # zero-width pieces cover no character
+    big = np.int64(1) << 40
+    starts = windows.row_splits[:-1]
+    win_min = np.minimum.reduceat(np.where(ctx, cs, big), starts)
+    win_max = np.maximum.reduceat(np.where(ctx, ce, -1), starts)
+    has = (s >= 0) & (win_min <= s) & (win_max >= e)
+
+    ts, te = s[tok_win], e[tok_win]
+    overlap = ctx & (cs < te) & (ce > ts) & has[tok_win]
+    width = np.int64(1) << 20  # > any window length
+    # start: max over overlapping tokens with start <= s of (start, pos); else the first overlapping token
+    key = np.where(overlap & (cs <= ts), cs * width + pos, -1)
+    best = np.maximum.reduceat(key, starts)
+    first_overlap = np.minimum.reduceat(np.where(overlap, pos, big), starts)
+    start_pos = np.where(best >= 0, best % width, first_overlap)
+    # end: min over overlapping tokens with end >= e of end, the later token on ties (as for the
+    # start, the lone '▁' shares its offsets with the next token); else the last overlapping token
+    key = np.where(overlap & (ce >= te), ce * width + (width - 1 - pos), big)
+    best = np.minimum.reduceat(key, starts)
+    last_overlap = np.maximum.reduceat(np.where(overlap, pos, -1), starts)
+    end_pos = np.where(best < big, width - 1 - best % width, last_overlap)
+    end_pos = np.maximum(end_pos, start_pos)
+
+    has &= first_overlap < big  # an answer made only of characters no token covers cannot be labelled
+    start_pos = np.where(has, start_pos, cls_index).astype(np.int32)
+    end_pos = np.where(has, end_pos, cls_index).astype(np.int32)
+    assert len(start_pos) == nw
+    return Labels(start_pos, end_pos, has)
+
+
+
+
+@needs_shared
+@pytest.mark.parametrize(("max_len", "stride"), [(512, 128), (128, 32), (96, 8)])
+def test_labels_match_the_reference(max_len, stride):
+    from uqa.tokenizer import load_tokenizer
+
+    df = pd.read_parquet(UQA_DIR / "validation.parquet")
+    answer = df["answer"].fillna("")
+    starts = np.where(df["is_impossible"], -1,
+                      df["answer_start"] + answer.str.len() - answer.str.lstrip().str.len())
+    ends = starts + answer.str.strip().str.len().to_numpy()
+    tok = load_tokenizer(str(URDU_TOKENIZER)).backend_tokenizer
+    windows = encode_windows(tok, df["question"].str.strip().tolist(), df["context"].tolist(), max_len, stride)
+    new, ref = label_windows(windows, starts, ends), reference_label_windows(windows, starts, ends)
+    assert np.array_equal(new.has_answer, ref.has_answer)
+    assert np.array_equal(new.start_positions, ref.start_positions)
+    assert np.array_equal(new.end_positions, ref.end_positions)
+    assert new.has_answer.sum() > 0.5 * (starts >= 0).sum()
+
+
+def test_uncovered_and_twin_offsets():
+    # tokens: CLS, q, SEP, [ctx: (0,3) (4,5)* (4,5) (6,9) (9,9)zero-width (10,12)], SEP   (* the lone "▁")
+    cs = np.array([NO_CHAR, NO_CHAR, NO_CHAR, 0, 4, 4, 6, 9, 10, NO_CHAR], dtype=np.int32)
+    ce = np.array([NO_CHAR, NO_CHAR, NO_CHAR, 3, 5, 5, 9, 9, 12, NO_CHAR], dtype=np.int32)
+    w = Windows(np.zeros(10, np.int32), None, cs, ce, np.array([0, 10]), np.array([0], np.int32))
+    # (3, 9) starts on an uncovered space: the first token overlapping the answer starts the span
+    cases = {(4, 5): (5, 5), (0, 5): (3, 5), (3, 9): (4, 6), (9, 12): (8, 8), (0, 12): (3, 8), (13, 14): None}
+    for (s, e), want in cases.items():
+        got = label_windows(w, np.array([s]), np.array([e]))
+        ref = reference_label_windows(w, np.array([s]), np.array([e]))
+        assert (got.start_positions[0], got.end_positions[0], got.has_answer[0]) == \
+            (ref.start_positions[0], ref.end_positions[0], ref.has_answer[0])
+        if want is None:
+            assert not got.has_answer[0]
+        else:
+            assert (got.start_positions[0], got.end_positions[0]) == want, (s, e)
