@@ -1,0 +1,171 @@
+"""Training throughput: the seed's collation (every window padded to max_seq_length) vs the pipeline's.
+
+Same XLM-R-shaped model (hidden 256, 4 layers, 4 heads, intermediate 1024, vocab 32000, random
+weights, seed 42), same real UQA train features (Urdu tokenizer), same Trainer, CPU:
+  seed     default_data_collator on features padded to 512, random batches
+  padded   per-batch padding to a multiple of 8 (DataCollatorWithPadding), random batches
+  ours     the pipeline's make_trainer: per-batch padding to 8 + length-grouped batches + SDPA
+Features/s and non-pad tokens/s are measured over steps after a warm-up (the collator counts the
+tokens of the batches it builds). The loss of grouped vs random batches over the same steps is
+reported too: grouping must not change the curve materially.
+
+    python benchmarks/train_throughput.py [--shared ../shared] [--repeats 3] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import median, shared_dir, table, write_result
+
+CONFIG = {"model_type": "xlm-roberta", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+          "intermediate_size": 1024, "max_position_embeddings": 514, "type_vocab_size": 1}
+BATCH = 8
+WARMUP = 4
+
+
+def prepare(shared: Path, work: Path, n_examples: int) -> dict:
+    """Real UQA train features in the pipeline's layout (data/tokenized/...)."""
+    import datasets
+
+    from tasks.tokenize import features_table
+    from uqa.features import encode_windows, label_windows
+    from uqa.tokenizer import load_tokenizer
+
+    df = pd.read_parquet(shared / "data/uqa/train.parquet")
+    df = df[~df["is_impossible"]].sample(n=n_examples, random_state=0).reset_index(drop=True)
+    answer = df["answer"]
+    starts = (df["answer_start"] + answer.str.len() - answer.str.lstrip().str.len()).to_numpy()
+    ends = starts + answer.str.strip().str.len().to_numpy()
+    tok = load_tokenizer(str(shared / "models/urdu-xlmr-32k"))
+    windows = encode_windows(tok.backend_tokenizer, df["question"].str.strip().tolist(), df["context"].tolist(),
+                             512, 128)
+    labels = label_windows(windows, starts, ends)
+    table_ = features_table(windows, labels)
+    out = work / "data" / "tokenized"
+    datasets.Dataset(table_).save_to_disk(str(out / "train"))
+    datasets.Dataset(table_.slice(0, 64)).save_to_disk(str(out / "validation"))
+    tok.save_pretrained(str(out / "tokenizer"))
+    return {"features": windows.n_windows, "mean_length": float(windows.lengths.mean())}
+
+
+class CountingCollator:
+    """Wraps a collator; records (features, non-pad tokens, padded tokens) of every batch."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        mask = batch["attention_mask"]
+        self.batches.append((int(mask.shape[0]), int(mask.sum()), int(mask.numel())))
+        return batch
+
+
+def run_side(side: str, work: Path, steps: int) -> dict:
+    import torch
+    from transformers import TrainerCallback, default_data_collator
+
+    from tasks.train_worker import make_trainer
+    from uqa.params import params_from_dict
+    from uqa.stages import working_dir
+
+    torch.manual_seed(0)
+    params = params_from_dict({
+        "model": {"init": "scratch", "config": CONFIG},
+        "train": {"train_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
+                  "max_steps": steps, "logging_steps": 1, "group_by_length": side == "ours",
+                  "attn_implementation": "sdpa" if side == "ours" else None},
+    })
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    with working_dir(work):
+        trainer, _ = make_trainer(params, work / f"ck-{side}", callbacks=[Clock()], save_strategy="no",
+                                  eval_strategy="no", load_best_model_at_end=False)
+        if side == "seed":
+            # the seed: every window padded to max_seq_length (512) when tokenized, default_data_collator
+            import datasets
+
+            ds = trainer.train_dataset
+            pad = trainer.processing_class.pad_token_id
+
+            def pad_to_512(batch):
+                ids = [x + [pad] * (512 - len(x)) for x in batch["input_ids"]]
+                mask = [[1] * len(x) + [0] * (512 - len(x)) for x in batch["input_ids"]]
+                return {"input_ids": ids, "attention_mask": mask}
+
+            trainer.train_dataset = ds.map(pad_to_512, batched=True, keep_in_memory=True)
+            assert isinstance(trainer.train_dataset, datasets.Dataset)
+            trainer.data_collator = CountingCollator(default_data_collator)
+        else:
+            trainer.data_collator = CountingCollator(trainer.data_collator)
+        trainer.train()
+    counted = trainer.data_collator.batches[WARMUP : len(times)]
+    elapsed = times[-1] - times[WARMUP - 1]
+    features = sum(b[0] for b in counted)
+    real = sum(b[1] for b in counted)
+    padded = sum(b[2] for b in counted)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"features_per_s": features / elapsed, "tokens_per_s": real / elapsed, "padding_fraction": 1 - real / padded,
+            "seconds": elapsed, "steps_timed": len(counted), "losses": losses,
+            "attn_implementation": trainer.model.config._attn_implementation}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shared")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--child")
+    parser.add_argument("--work")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_side(args.child, Path(args.work), args.steps)))
+        return
+    shared = shared_dir(args.shared)
+    with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
+        work = Path(tmp)
+        data = prepare(shared, work, args.examples)
+        runs: dict[str, list[dict]] = {s: [] for s in ("seed", "padded", "ours")}
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+        import subprocess
+
+        for _ in range(args.repeats):
+            for side in runs:  # each side in a fresh process, interleaved
+                r = subprocess.run([sys.executable, __file__, "--child", side, "--work", str(work), "--steps",
+                                    str(args.steps)], capture_output=True, text=True, env=env)
+                if r.returncode != 0:
+                    raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
+                runs[side].append(json.loads(r.stdout.strip().splitlines()[-1]))
+                print(f"{side}: {runs[side][-1]['features_per_s']:.1f} features/s", file=sys.stderr)
+    med = {s: {k: median([r[k] for r in rs]) for k in ("features_per_s", "tokens_per_s", "padding_fraction")}
+           for s, rs in runs.items()}
+    seed = med["seed"]["features_per_s"]
+    rows = [[s, m["features_per_s"], m["tokens_per_s"], f"{100 * m['padding_fraction']:.1f}%",
+             f"{m['features_per_s'] / seed:.2f}x"] for s, m in med.items()]
+    print(table(["collation", "features/s", "non-pad tokens/s", "padding", "vs seed"], rows))
+    random_loss = np.mean([np.mean(r["losses"][-10:]) for r in runs["padded"]])
+    grouped_loss = np.mean([np.mean(r["losses"][-10:]) for r in runs["ours"]])
+    print(f"mean loss of the last 10 of {args.steps} steps: random batches {random_loss:.4f}, "
+          f"length-grouped {grouped_loss:.4f}")
+    write_result("train_throughput", {"config": CONFIG, "batch_size": BATCH, "steps": args.steps, "warmup": WARMUP,
+                                      "data": data, "runs": runs, "medians": med,
+                                      "speedup_vs_seed": med["ours"]["features_per_s"] / seed,
+                                      "loss_last10_random": random_loss, "loss_last10_grouped": grouped_loss})
+
+
+if __name__ == "__main__":
+    main()
