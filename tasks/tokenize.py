@@ -13,6 +13,7 @@ of the id's answers) add example_index, example_id and context-only character of
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,15 @@ def _list_array(values: np.ndarray, row_splits: np.ndarray) -> pa.Array:
 
 
 def features_table(windows: Windows, labels: Labels, extra: dict[str, pa.Array] | None = None) -> pa.Table:
-    cols: dict[str, pa.Array] = {"input_ids": _list_array(windows.input_ids, windows.row_splits)}
+    """Unpadded features; the narrowest integer types that hold them (a 32k vocabulary fits uint16)."""
+    ids = windows.input_ids
+    if len(ids) == 0 or int(ids.max()) < 2**16:
+        ids = ids.astype(np.uint16)
+    cols: dict[str, pa.Array] = {"input_ids": _list_array(ids, windows.row_splits)}
     if windows.token_type_ids is not None:
         cols["token_type_ids"] = _list_array(windows.token_type_ids, windows.row_splits)
-    cols["start_positions"] = pa.array(labels.start_positions)
-    cols["end_positions"] = pa.array(labels.end_positions)
+    cols["start_positions"] = pa.array(labels.start_positions.astype(np.int16))  # < 512
+    cols["end_positions"] = pa.array(labels.end_positions.astype(np.int16))
     cols.update(extra or {})
     return pa.table(cols)
 
@@ -120,7 +125,9 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
             raise UserError(f"{Path(in_dir) / s}: no rows left after filtering; see reports/filter.json")
 
     texts = (t for c in (columns["train"]["question"], columns["train"]["context"]) for t in c)
+    clock = _Clock()
     tokenizer = get_tokenizer(params, texts)
+    clock.lap("load_tokenizer")
     backend = tokenizer.backend_tokenizer
     with_type_ids = "token_type_ids" in tokenizer.model_input_names
     from uqa.modeling import sequence_limit
@@ -130,6 +137,7 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
 
     # one tokenizer pass: every question and every distinct context, once
     encoded = {s: encode_pairs(backend, columns[s]["question"], columns[s]["context"], with_type_ids) for s in SPLITS}
+    clock.lap("tokenize_texts")
     longest = int(max(encoded[s].lengths.max() for s in SPLITS))
     if params.tokenize.max_seq_length == "auto":
         max_seq_length = min(longest, limit)
@@ -158,11 +166,13 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     for split in SPLITS:
         c = columns[split]
         windows = encoded[split].windows(max_seq_length, stride)
+        clock.lap("assemble_windows")
         starts = c["answer_start"].astype(np.int64)
         ends = starts + pc.utf8_length(tables[split].column("answer")).to_numpy(zero_copy_only=False)
         answerable = ~c["is_impossible"].astype(bool)
         starts = np.where(answerable, starts, -1)
         labels = label_windows(windows, starts, ends, cls_index=0)
+        clock.lap("labels")
         extra = None
         if split == "validation":
             wte = windows.window_to_example
@@ -180,8 +190,23 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
         log.info("tokenize [%s]: %s", split, report[split])
     with atomic_dir(Path(out_dir) / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
+    clock.lap("write")
+    report["seconds"] = clock.totals
     atomic_write_json(report_path, report)
     return report
+
+
+class _Clock:
+    """Wall time per step, for the report (where the stage's time goes)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.totals[name] = round(self.totals.get(name, 0.0) + now - self.last, 3)
+        self.last = now
 
 
 def main(argv: list[str] | None = None) -> int:
