@@ -123,12 +123,38 @@ def run_side(side: str, work: Path, steps: int) -> dict:
             "attn_implementation": trainer.model.config._attn_implementation}
 
 
+def _child(side: str, work: Path, steps: int) -> dict:
+    import subprocess
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    r = subprocess.run([sys.executable, __file__, "--child", side, "--work", str(work), "--steps", str(steps)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def loss_curves(shared: Path, steps: int, examples: int) -> None:
+    """Does grouping batches by length change the loss curve? Same model, data and seed."""
+    with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
+        prepare(shared, Path(tmp), examples)
+        runs = {side: _child(side, Path(tmp), steps)["losses"] for side in ("padded", "ours")}
+    rows = []
+    for a in range(0, steps, 50):
+        rows.append([f"{a + 1}-{min(a + 50, steps)}", float(np.mean(runs["padded"][a:a + 50])),
+                     float(np.mean(runs["ours"][a:a + 50]))])
+    print(table(["steps", "random batches: mean loss", "length-grouped: mean loss"], rows))
+    write_result("train_loss_curves", {"steps": steps, "losses": runs, "table": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shared")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--loss-curves", type=int, default=0, metavar="STEPS",
+                        help="instead: loss of random vs length-grouped batches over STEPS steps")
     parser.add_argument("--child")
     parser.add_argument("--work")
     args = parser.parse_args()
@@ -136,20 +162,16 @@ def main() -> None:
         print(json.dumps(run_side(args.child, Path(args.work), args.steps)))
         return
     shared = shared_dir(args.shared)
+    if args.loss_curves:
+        loss_curves(shared, args.loss_curves, args.examples)
+        return
     with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
         work = Path(tmp)
         data = prepare(shared, work, args.examples)
         runs: dict[str, list[dict]] = {s: [] for s in ("seed", "padded", "ours")}
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-        import subprocess
-
         for _ in range(args.repeats):
             for side in runs:  # each side in a fresh process, interleaved
-                r = subprocess.run([sys.executable, __file__, "--child", side, "--work", str(work), "--steps",
-                                    str(args.steps)], capture_output=True, text=True, env=env)
-                if r.returncode != 0:
-                    raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
-                runs[side].append(json.loads(r.stdout.strip().splitlines()[-1]))
+                runs[side].append(_child(side, work, args.steps))
                 print(f"{side}: {runs[side][-1]['features_per_s']:.1f} features/s", file=sys.stderr)
     med = {s: {k: median([r[k] for r in rs]) for k in ("features_per_s", "tokens_per_s", "padding_fraction")}
            for s, rs in runs.items()}

@@ -24,7 +24,7 @@ from prefect.states import Completed, Failed  # noqa: E402
 
 from uqa.errors import TransientError, UserError  # noqa: E402
 from uqa.params import PARAMS_FILE, apply_overrides, load_params  # noqa: E402
-from uqa.stages import BY_NAME, dvc_checkout, dvc_commit, dvc_status, working_dir  # noqa: E402
+from uqa.stages import BY_NAME, dvc_checkout, dvc_commit, dvc_push, dvc_status, working_dir  # noqa: E402
 
 BRIDGED_LOGGERS = ("tasks", "uqa", "flows", "transformers", "datasets", "accelerate")
 
@@ -241,14 +241,11 @@ def uqa_pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None
 
 
 def _push(root: Path) -> None:
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        if not repo.config.get("core", {}).get("remote"):
-            get_run_logger().warning("push requested but no default DVC remote is configured (dvc remote add -d)")
-            return
-        pushed = repo.push()
-    get_run_logger().info("dvc push: %s files", pushed)
+    pushed = dvc_push(root)
+    if pushed is None:
+        get_run_logger().warning("push requested but no default DVC remote is configured (dvc remote add -d)")
+    else:
+        get_run_logger().info("dvc push: %s files", pushed)
 
 
 if __name__ == "__main__":

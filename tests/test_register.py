@@ -143,3 +143,29 @@ def test_registered_model_loads_with_transformers_auto_classes(git_project):
     context = "لاہور پاکستان کا ایک شہر ہے۔"
     answer = Predictor(path)(["لاہور کہاں ہے؟"], [context])[0]
     assert answer.answer and context[answer.start:answer.end] == answer.answer
+
+
+def test_predict_cli_batch_mode_and_bad_input(git_project, tmp_path, capsys):
+    import pandas as pd
+
+    from uqa.cli import main
+    from uqa.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["لاہور پاکستان کا ایک شہر ہے۔ لاہور کہاں ہے؟"] * 3, vocab_size=50)
+    _model(git_project, 1)
+    tok.save_pretrained(str(git_project / "models" / "final"))
+    _metrics(git_project, 60.0)
+    register(_params(), git_project)
+    rows = pd.DataFrame({"id": ["a", "b"], "question": ["لاہور کہاں ہے؟", "کیا ہے؟"],
+                         "context": ["لاہور پاکستان کا ایک شہر ہے۔", "یہ ایک شہر ہے۔ " * 60]})
+    rows.to_parquet(tmp_path / "q.parquet")
+    out = tmp_path / "answers.jsonl"
+    assert main(["predict", "--project", str(git_project), "--model", "prod", "--input", str(tmp_path / "q.parquet"),
+                 "--output", str(out)]) == 0
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == ["a", "b"]
+    for a, context in zip(answers, rows["context"], strict=True):
+        assert a["answer"] and context[a["start"]:a["end"]] == a["answer"]
+    rows.drop(columns=["context"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    assert main(["predict", "--project", str(git_project), "--input", str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl: missing column 'context'" in capsys.readouterr().err

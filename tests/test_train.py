@@ -148,3 +148,35 @@ def test_two_ddp_processes_step_by_the_global_batch(tokenized, tmp_path):
     assert (project / "models" / "final" / "model.safetensors").exists()
     log = (project / "reports" / "train.log").read_text()
     assert "--multi_gpu" in log and "--num_processes 2" in log
+
+
+def test_training_timeout_kills_the_process_group(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tasks.train import TrainingFailed, run_supervised
+
+    marker = tmp_path / "child.pid"
+    script = ("import os, subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(marker)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)")
+    started = time.monotonic()
+    with pytest.raises(TrainingFailed, match="timeout_minutes"):
+        run_supervised([sys.executable, "-c", script], tmp_path / "train.log", timeout_s=3)
+    assert time.monotonic() - started < 40
+    assert "started" in (tmp_path / "train.log").read_text()
+    grandchild = int(marker.read_text())
+    time.sleep(0.5)
+    alive = subprocess.run(["kill", "-0", str(grandchild)], capture_output=True).returncode == 0
+    assert not alive  # the whole process group went, not only the launcher
+
+
+def test_training_failure_reports_exit_status_and_log(tmp_path):
+    import sys
+
+    from tasks.train import TrainingFailed, run_supervised
+
+    with pytest.raises(TrainingFailed, match=r"exited with status 3.*CUDA out of memory.*train\.train_batch_size"):
+        run_supervised([sys.executable, "-c", "import sys; print('RuntimeError: CUDA out of memory'); sys.exit(3)"],
+                       tmp_path / "train.log", timeout_s=None)

@@ -47,12 +47,26 @@ def position_limit(config) -> int:
 
 
 def sequence_limit(model: ModelParams, tokenizer) -> int:
-    """min(512, the model's position limit, the tokenizer's model_max_length)."""
-    config = scratch_config(model, len(tokenizer), tokenizer) if model.init == "scratch" else pretrained_config(model)
-    limit = min(HARD_CAP, position_limit(config))
+    """min(512, the model's position limit, the tokenizer's model_max_length).
+
+    Tokenizing needs only the model's config, not its weights; when even that cannot be fetched
+    (offline, no local copy) the tokenizer's own limit is used, with a warning."""
+    import logging
+
     tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        limit = min(limit, tok_max)
+    tok_limit = tok_max if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else None
+    try:
+        config = scratch_config(model, len(tokenizer), tokenizer) if model.init == "scratch" else pretrained_config(model)
+    except UserError as exc:
+        if model.init == "scratch" or tok_limit is None:
+            raise
+        logging.getLogger("uqa").warning(
+            "could not read the config of %s (%s); using the tokenizer's limit of %d tokens",
+            model.name, str(exc).split(" (")[0], tok_limit)
+        return min(HARD_CAP, tok_limit)
+    limit = min(HARD_CAP, position_limit(config))
+    if tok_limit is not None:
+        limit = min(limit, tok_limit)
     return limit
 
 

@@ -84,3 +84,13 @@ def dvc_checkout(root: Path, stage: str) -> bool:
         return not dvc_status(root, stage)
     except Exception:
         return False
+
+
+def dvc_push(root: Path) -> int | None:
+    """`dvc push` to the default remote; None when no default remote is configured."""
+    from dvc.repo import Repo
+
+    with working_dir(root), Repo(str(root)) as repo:
+        if not repo.config.get("core", {}).get("remote"):
+            return None
+        return repo.push()
