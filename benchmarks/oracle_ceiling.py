@@ -4,13 +4,12 @@ Runs the pipeline's own filter, windows, labels, span search and scoring on real
 the evaluate stage does (one example per question id, scored against all of the id's answers), with
 a perfect "model". What is lost is lost to tokenization: subword tokens glue punctuation to words.
 
-    python benchmarks/oracle_ceiling.py [--shared ../shared] [--tokenizer PATH] [--out benchmarks/results/oracle_ceiling.json]
+    python benchmarks/oracle_ceiling.py [--shared ../shared] [--tokenizer PATH]   -> benchmarks/results/oracle_ceiling.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import write_result  # noqa: E402
 
 from tasks.evaluate import references_by_id, score_predictions  # noqa: E402
 from tasks.filter import check_row  # noqa: E402
@@ -61,7 +62,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--tokenizer", default=None)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle_ceiling.json"))
     args = parser.parse_args()
     shared = Path(args.shared)
     rows = pd.read_parquet(shared / "data" / "uqa" / "validation.parquet")
@@ -70,8 +70,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {result['questions']} | {result['answers_exactly_a_token_span']} | {result['exact_match']} | "
           f"{result['f1']} | {result['urdu_exact_match']} | {result['urdu_f1']} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result("oracle_ceiling", result)
 
 
 if __name__ == "__main__":

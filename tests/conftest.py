@@ -20,6 +20,9 @@ os.environ.update(
     DO_NOT_TRACK="1",
     PREFECT_HOME=str(_HOME / "prefect"),
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    # logs go to the API only inside the prefect_server fixture: outside it, Prefect would start a
+    # temporary server at exit just to deliver them
+    PREFECT_LOGGING_TO_API_ENABLED="false",
     OMP_NUM_THREADS="1",
     MKL_NUM_THREADS="1",
     TOKENIZERS_PARALLELISM="false",
@@ -147,15 +150,17 @@ def prefect_server():
             proc.kill()
             raise RuntimeError(f"prefect server did not start: {(_HOME / 'prefect-server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
     os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI) the tests start
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_LOGGING_TO_API_ENABLED: True}):
         yield url
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still there
     os.environ.pop("PREFECT_API_URL", None)
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
     import signal
 
     os.killpg(proc.pid, signal.SIGTERM)
