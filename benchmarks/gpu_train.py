@@ -62,15 +62,16 @@ def batches(feats: list[np.ndarray], batch: int, grouped: bool, seed_padding: bo
     return out
 
 
-def run(setting: dict, feats, steps: int, batch: int, peak: float) -> dict:
+def run(setting: dict, feats, steps: int, batch: int, peak: float, device: str = "cuda",
+        config: dict | None = None) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model("xlm-roberta", **CONFIG)
-    model = AutoModelForQuestionAnswering.from_config(cfg, attn_implementation="sdpa").cuda()
+    cfg = AutoConfig.for_model("xlm-roberta", **(config or CONFIG))
+    model = AutoModelForQuestionAnswering.from_config(cfg, attn_implementation="sdpa").to(device)
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01, fused=device == "cuda")
     fwd = torch.compile(model, dynamic=True) if setting["compile"] else model
     dtype = torch.bfloat16 if setting["precision"] == "bf16" else None
     rng = np.random.default_rng(0)
@@ -78,30 +79,31 @@ def run(setting: dict, feats, steps: int, batch: int, peak: float) -> dict:
     warm = 5
 
     def step(ids, mask):
-        ids_t = torch.from_numpy(ids).cuda(non_blocking=True)
-        mask_t = torch.from_numpy(mask).cuda(non_blocking=True)
-        target = torch.zeros(ids.shape[0], dtype=torch.long, device="cuda")
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
+        mask_t = torch.from_numpy(mask).to(device, non_blocking=True)
+        target = torch.zeros(ids.shape[0], dtype=torch.long, device=device)
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             out = fwd(input_ids=ids_t, attention_mask=mask_t, start_positions=target, end_positions=target)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for ids, mask in data[:warm]:
         step(ids, mask)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     real = 0
     for ids, mask in data[warm:warm + steps]:
         step(ids, mask)
         real += int(mask.sum())
-    torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - start
     n = min(steps, len(data) - warm)
     tokens_per_s = real / elapsed
     return {**setting, "features_per_s": n * batch / elapsed, "tokens_per_s": tokens_per_s,
             "mfu": 6 * non_embedding * tokens_per_s / peak, "non_embedding_params": non_embedding,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
 def main() -> None:
@@ -111,15 +113,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--peak-tflops", type=float, default=989.4)
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU, tiny model, 2 steps: checks the script runs (tests use it); measures nothing")
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark needs a GPU")
-    torch.backends.cuda.matmul.allow_tf32 = True
+    device, config, n_features = "cuda", CONFIG, 6000
+    if args.smoke:
+        device, n_features = "cpu", 64
+        config = {**CONFIG, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "intermediate_size": 64, "vocab_size": 32000}
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this benchmark needs a GPU (--smoke checks it on CPU)")
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
     rng = np.random.default_rng(0)
     shared = None if args.synthetic else Path(args.shared)
-    feats = features(shared, 6000, rng)
+    feats = features(shared, n_features, rng)
     peak = args.peak_tflops * 1e12
     settings = [
         {"precision": "fp32", "seed_padding": True, "compile": False},
@@ -129,16 +139,20 @@ def main() -> None:
         {"precision": "bf16", "seed_padding": False, "compile": True},
     ]
     results = []
+    if args.smoke:
+        settings = [s for s in settings if not s["compile"]]
     for s in settings:
-        r = run(s, feats, args.steps, args.batch, peak)
+        r = run(s, feats, args.steps, args.batch, peak, device, config)
         results.append(r)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+        print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
     best = max(results, key=lambda r: r["features_per_s"])
     epoch_s = UQA_TRAIN_FEATURES / best["features_per_s"]
-    summary = {"device": torch.cuda.get_device_name(0), "peak_tflops_used": args.peak_tflops,
+    summary = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
+               "peak_tflops_used": args.peak_tflops,
                "best": best, "projected_seed_recipe_minutes": 6 * epoch_s / 60}
     print(json.dumps(summary, indent=2, default=float))
-    write_result("gpu_train", {"results": results, "summary": summary, "batch": args.batch, "steps": args.steps})
+    if not args.smoke:
+        write_result("gpu_train", {"results": results, "summary": summary, "batch": args.batch, "steps": args.steps})
 
 
 if __name__ == "__main__":
