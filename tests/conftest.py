@@ -54,6 +54,33 @@ TINY_CONFIG = {
     "type_vocab_size": 1,
 }
 
+# the shipped demo data, and a tiny model for it (the demo tokenizer's longest input is ~60 tokens)
+DEMO_SOURCE = {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}
+DEMO_TINY_CONFIG = {**TINY_CONFIG, "max_position_embeddings": 130}
+
+
+def demo_tiny_params(**train) -> dict:
+    """Params (as a dict) for the demo data with a tokenizer trained on it and a tiny scratch model."""
+    return {
+        "data": {"source": dict(DEMO_SOURCE)},
+        "model": {"init": "scratch", "config": dict(DEMO_TINY_CONFIG)},
+        "tokenize": {"vocab_size": 800},
+        "train": {"epochs": 1, "train_batch_size": 32, "eval_batch_size": 64, "gradient_accumulation_steps": 1,
+                  "learning_rate": 2e-3, "logging_steps": 5, **train},
+    }
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 needs_shared = pytest.mark.skipif(
     not (UQA_DIR / "train.parquet").exists() or not URDU_TOKENIZER.exists(),
     reason=f"real UQA data not found at {SHARED} (CI has it)",
@@ -161,11 +188,5 @@ def prefect_server():
         APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still there
     os.environ.pop("PREFECT_API_URL", None)
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
-    import signal
-
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_group(proc)
     log.close()

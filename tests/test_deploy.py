@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,21 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_project
+from conftest import REPO, demo_tiny_params, make_project, stop_process_group
 
 pytestmark = pytest.mark.slow
 
 SECRET = "hf_uqaTestSecretDoNotLog1234567890"
 STAGES = {"download", "filter", "tokenize", "train", "evaluate", "register"}
-DEMO_TINY = {
-    "data": {"source": {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}},
-    "model": {"init": "scratch", "config": {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2,
-                                            "num_attention_heads": 2, "intermediate_size": 64,
-                                            "max_position_embeddings": 130, "type_vocab_size": 1}},
-    "tokenize": {"vocab_size": 800},
-    "train": {"epochs": 1, "max_steps": 10, "train_batch_size": 32, "gradient_accumulation_steps": 1,
-              "learning_rate": 2e-3, "logging_steps": 5},
-}
+DEMO_TINY = demo_tiny_params(max_steps=10)
 
 
 def api(url: str, path: str, body: dict | None = None):
@@ -73,11 +64,7 @@ def deployed_run(prefect_server, tmp_path_factory):
             assert time.time() < deadline, f"flow run still {run['state_type']}"
             time.sleep(2)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_process_group(worker, grace=30)
         worker_log.close()
     assert run["state_type"] == "COMPLETED", Path(worker_log.name).read_text()[-5000:]
     return url, flow_run_id, project

@@ -8,19 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_project, run_ok
+from conftest import demo_tiny_params, make_project, run_ok
 
 pytestmark = pytest.mark.slow
 
-PARAMS = {
-    "data": {"source": {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}},
-    "model": {"init": "scratch", "config": {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2,
-                                            "num_attention_heads": 2, "intermediate_size": 64,
-                                            "max_position_embeddings": 130, "type_vocab_size": 1}},
-    "tokenize": {"vocab_size": 800},
-    "train": {"epochs": 1, "max_steps": 8, "train_batch_size": 32, "gradient_accumulation_steps": 1,
-              "learning_rate": 2e-3, "logging_steps": 4},
-}
+PARAMS = demo_tiny_params(max_steps=8, logging_steps=4)
 
 
 def _dvc(*args: str, cwd: Path) -> str:

@@ -6,20 +6,18 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import DEMO_SOURCE, demo_tiny_params
 
 from tasks.download import download
 from tasks.evaluate import evaluate, score_predictions
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
 from tasks.train_worker import make_trainer
-from uqa.params import params_from_dict
+from uqa.params import deep_merge, params_from_dict
 from uqa.predict import Predictor
 from uqa.stages import working_dir
 
-DEMO = {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}
-TINY = {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 130, "type_vocab_size": 1}
+DEMO = DEMO_SOURCE
 
 
 def test_threshold_is_tuned_for_f1_and_applied():
@@ -41,13 +39,8 @@ def test_threshold_is_tuned_for_f1_and_applied():
 
 @pytest.mark.slow
 def test_squad2_mode_end_to_end(tmp_path):
-    p = params_from_dict({
-        "data": {"source": DEMO, "keep_unanswerable": True},
-        "model": {"init": "scratch", "config": TINY},
-        "tokenize": {"vocab_size": 800},
-        "train": {"learning_rate": 2e-3, "epochs": 2, "train_batch_size": 32, "eval_batch_size": 64,
-                  "gradient_accumulation_steps": 1, "logging_steps": 50},
-    })
+    p = params_from_dict(deep_merge(demo_tiny_params(epochs=2, logging_steps=50),
+                                    {"data": {"keep_unanswerable": True}}))
     with working_dir(tmp_path):
         download(p.data)
         report = filter_rows(p.data)

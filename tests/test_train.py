@@ -9,28 +9,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import demo_tiny_params
 
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
 from tasks.train_worker import complete_checkpoints, make_trainer, prepare_checkpoint_dir, resolve_precision
-from uqa.params import params_from_dict
+from uqa.params import deep_merge, params_from_dict
 from uqa.stages import working_dir
-
-DEMO = {"train": str(REPO / "demo/data/train.jsonl"), "validation": str(REPO / "demo/data/validation.jsonl")}
-TINY = {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 130, "type_vocab_size": 1}
 
 
 def tiny_params(**train):
-    return params_from_dict({
-        "data": {"source": DEMO},
-        "model": {"init": "scratch", "config": TINY},
-        "tokenize": {"vocab_size": 800, "stride": 16},
-        "train": {"learning_rate": 1e-3, "epochs": 1, "train_batch_size": 16, "eval_batch_size": 64,
-                  "gradient_accumulation_steps": 1, "logging_steps": 1, **train},
-    })
+    return params_from_dict(deep_merge(demo_tiny_params(), {
+        "tokenize": {"stride": 16},
+        "model": {"config": {"hidden_size": 32, "intermediate_size": 64}},
+        "train": {"learning_rate": 1e-3, "train_batch_size": 16, "logging_steps": 1, **train},
+    }))
 
 
 @pytest.fixture(scope="module")

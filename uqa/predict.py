@@ -40,10 +40,9 @@ class Predictor:
             raise UserError(f"{model_dir}: the tokenizer is not a fast tokenizer; offsets are needed")
         self.device = pick_device(device)
         self.model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir)).to(self.device)
-        limit = self.model.config.max_position_embeddings
-        if "roberta" in self.model.config.model_type:
-            limit -= (self.model.config.pad_token_id or 1) + 1
-        self.max_seq_length = min(max_seq_length or 512, limit, 512)
+        from uqa.modeling import HARD_CAP, position_limit
+
+        self.max_seq_length = min(max_seq_length or HARD_CAP, position_limit(self.model.config), HARD_CAP)
         self.stride = min(stride, self.max_seq_length // 4)
         self.n_best, self.max_answer_length, self.batch_size = n_best, max_answer_length, batch_size
         registration = model_dir / "registration.json"
