@@ -15,7 +15,7 @@ from typing import Any
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, UserError
 from uqa.hub import hub_error, looks_local
-from uqa.params import DataParams
+from uqa.params import DataParams, Params
 from uqa.schema import check_schema, conform
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,15 @@ def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = RE
     return record
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return download(params.data)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("download", lambda p, _: download(p.data), argv)
+    return stage_main("download", run, argv)
 
 
 if __name__ == "__main__":

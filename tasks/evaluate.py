@@ -157,10 +157,15 @@ def evaluate(params: Params, model_dir: Path = MODEL_DIR, features_dir: Path = F
     return metrics
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return evaluate(params)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("evaluate", lambda p, _: evaluate(p), argv)
+    return stage_main("evaluate", run, argv)
 
 
 if __name__ == "__main__":

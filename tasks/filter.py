@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from uqa.atomic import atomic_dir, atomic_write_json
-from uqa.params import DataParams
+from uqa.params import DataParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,15 @@ def filter_rows(
     return report
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return filter_rows(params.data)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("filter", lambda p, _: filter_rows(p.data), argv)
+    return stage_main("filter", run, argv)
 
 
 if __name__ == "__main__":

@@ -254,10 +254,15 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     return report
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return register(params)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("register", lambda p, _: register(p), argv)
+    return stage_main("register", run, argv)
 
 
 if __name__ == "__main__":

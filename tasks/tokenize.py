@@ -209,10 +209,15 @@ class _Clock:
         self.last = now
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return tokenize_splits(params)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("tokenize", lambda p, _: tokenize_splits(p), argv)
+    return stage_main("tokenize", run, argv)
 
 
 if __name__ == "__main__":

@@ -134,10 +134,15 @@ def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_F
     return json.loads(Path("reports/train.json").read_text())
 
 
+def run(params: Params, params_file: str = "params.yaml") -> Any:
+    """The stage as `dvc repro` and the Prefect flow both run it."""
+    return train(params, params_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     from uqa.stage import stage_main
 
-    return stage_main("train", lambda p, path: train(p, path), argv)
+    return stage_main("train", run, argv)
 
 
 if __name__ == "__main__":

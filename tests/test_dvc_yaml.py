@@ -27,7 +27,7 @@ def test_stage_declarations_match(stage):
     assert _paths(spec.get("params")) == list(module.PARAMS)
     outs = _paths(spec.get("outs")) + _paths(spec.get("metrics"))
     assert set(module.OUTS) | set(module.METRICS) <= set(outs) | {"reports/train.log"}
-    assert hasattr(module, "main")
+    assert hasattr(module, "main") and hasattr(module, "run")
 
 
 def test_stage_order_is_a_chain():

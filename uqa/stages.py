@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,29 +22,17 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @dataclass(frozen=True)
 class Stage:
     name: str
-    module: str  # tasks.<module>: holds PARAMS/DEPS/OUTS and the stage function
-    function: str
+    module: str  # tasks.<module>: PARAMS/DEPS/OUTS, and run(params, params_file) that dvc.yaml's cmd calls too
 
     def load(self):
         return importlib.import_module(self.module)
 
     def run(self, params: Params, params_file: str) -> Any:
-        fn: Callable = getattr(self.load(), self.function)
-        if self.name == "train":
-            return fn(params, params_file)
-        if self.name in ("download", "filter"):
-            return fn(params.data)
-        return fn(params)
+        return self.load().run(params, params_file)
 
 
-STAGES: list[Stage] = [
-    Stage("download", "tasks.download", "download"),
-    Stage("filter", "tasks.filter", "filter_rows"),
-    Stage("tokenize", "tasks.tokenize", "tokenize_splits"),
-    Stage("train", "tasks.train", "train"),
-    Stage("evaluate", "tasks.evaluate", "evaluate"),
-    Stage("register", "tasks.register", "register"),
-]
+STAGES: list[Stage] = [Stage(name, f"tasks.{name}") for name in
+                       ("download", "filter", "tokenize", "train", "evaluate", "register")]
 BY_NAME = {s.name: s for s in STAGES}
 
 
