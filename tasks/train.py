@@ -108,6 +108,11 @@ def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env:
             f"checkpoints saved so far are resumed on the next run. Log: {log_file}"
         )
     if proc.returncode != 0:
+        # the recipe reports bad params or inputs as one "error: ..." line; show that, not the
+        # launcher's traceback around it
+        errors = [line for line in tail if line.startswith("error: train: ")]
+        if errors:
+            raise TrainingFailed(f"{errors[-1].removeprefix('error: train: ')} (full log: {log_file})")
         last = "\n  ".join(list(tail)[-15:])
         raise TrainingFailed(
             f"training process exited with status {proc.returncode}.{_hint(list(tail))} "

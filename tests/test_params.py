@@ -66,6 +66,9 @@ def test_overrides_are_written_back_keeping_comments(tmp_path):
     assert changed and params.train.epochs == 2 and params.tokenize.stride == 64
     text = path.read_text()
     assert "# the seed drops is_impossible rows" in text  # comments survive
+    changed_lines = [a for a, b in zip((REPO / "params.yaml").read_text().splitlines(), text.splitlines(), strict=True)
+                     if a != b]
+    assert [line.split("#")[0].strip() for line in changed_lines] == ["stride: 128", "epochs: 6"]
     assert load_params(path).train.epochs == 2
     _, changed_again = apply_overrides(path, {"train": {"epochs": 2}})
     assert not changed_again

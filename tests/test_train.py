@@ -185,3 +185,15 @@ def test_training_failure_reports_exit_status_and_log(tmp_path):
     message = str(failed.value)
     assert "exited with status 3" in message and "lower train.train_batch_size" in message
     assert str(tmp_path / "train.log") in message and "RuntimeError: CUDA out of memory" in message
+
+
+def test_recipe_errors_are_reported_without_the_launcher_traceback(tmp_path):
+    import sys
+
+    from tasks.train import TrainingFailed, run_supervised
+
+    script = ("import sys; print('error: train: model.name: not found'); "
+              "print('Traceback (most recent call last):'); print('CalledProcessError'); sys.exit(1)")
+    with pytest.raises(TrainingFailed) as failed:
+        run_supervised([sys.executable, "-c", script], tmp_path / "train.log", timeout_s=None)
+    assert str(failed.value) == f"model.name: not found (full log: {tmp_path / 'train.log'})"

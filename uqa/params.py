@@ -176,6 +176,9 @@ def _yaml() -> YAML:
     y = YAML()  # round-trip: keeps the user's comments and order when overrides are written back
     y.preserve_quotes = True
     y.indent(mapping=2, sequence=4, offset=2)
+    # write null as `null` (ruamel's default is an empty value): untouched lines stay as written
+    y.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 
