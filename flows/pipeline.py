@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 
+from uqa.atomic import read_json  # noqa: E402
 from uqa.errors import TransientError, UserError  # noqa: E402
 from uqa.params import PARAMS_FILE, apply_overrides, load_params  # noqa: E402
 from uqa.stages import BY_NAME, dvc_checkout, dvc_commit, dvc_push, dvc_status, working_dir  # noqa: E402
@@ -161,14 +162,8 @@ def register_task(root: str) -> Any:
     return result
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _filter_artifact(root: Path) -> None:
-    report = _read_json(root / "reports/filter.json")
+    report = read_json(root / "reports/filter.json")
     lines = ["# Filter report", "", "| split | rows in | kept | dropped (by reason) | answers stripped |",
              "|---|---:|---:|---|---:|"]
     for split in ("train", "validation"):
@@ -191,7 +186,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 
 
 def _metrics_artifact(root: Path) -> None:
-    metrics = _read_json(root / "metrics/eval.json")
+    metrics = read_json(root / "metrics/eval.json")
     create_markdown_artifact(metrics_markdown(metrics), key="uqa-metrics", description="EM/F1 on validation")
     errors = root / "reports/errors.md"
     if errors.exists():
@@ -199,7 +194,7 @@ def _metrics_artifact(root: Path) -> None:
 
 
 def _register_artifact(root: Path) -> None:
-    r = _read_json(root / "reports/register.json")
+    r = read_json(root / "reports/register.json")
     card = Path(r.get("model_card") or "")
     lines = [
         "# Registered model", "",
@@ -233,8 +228,8 @@ def uqa_pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None
                 return Failed(message=state.message)
         if push:
             _push(root)
-        metrics = _read_json(root / "metrics/eval.json")
-        registration = _read_json(root / "reports/register.json")
+        metrics = read_json(root / "metrics/eval.json")
+        registration = read_json(root / "reports/register.json")
         return {"metrics": metrics, "registration": registration, "stages": stages}
     finally:
         _unbridge_logs(handler, saved)

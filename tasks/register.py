@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from uqa.atomic import atomic_dir, atomic_write_json
+from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import UserError
 from uqa.params import Params
 from uqa.registry import PROD, Registry, next_version
@@ -43,10 +43,6 @@ def weights_sha256(model_dir: Path) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def model_card(name: str, version: str, params: Params, metrics: dict[str, Any], download: dict[str, Any],
@@ -169,7 +165,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         if not dep.exists():
             raise UserError(f"{dep} is missing: run the train and evaluate stages first")
     cfg = params.register
-    metrics = _read_json(metrics_file)
+    metrics = read_json(metrics_file)
     registry = Registry(root, cfg.name)
     digest = weights_sha256(model_dir)
     index = registry.index()
@@ -205,8 +201,8 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         except Exception:
             pass
     version = next_version(known)
-    download = _read_json(root / DOWNLOAD_REPORT)
-    train = _read_json(root / TRAIN_REPORT)
+    download = read_json(root / DOWNLOAD_REPORT)
+    train = read_json(root / TRAIN_REPORT)
     card = model_card(cfg.name, version, params, metrics, download, train, promote, reason)
     record = {
         "version": version,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa.errors import UserError
-from uqa.params import deep_merge, read_raw
+from uqa.params import read_raw
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = PROJECT_ROOT / "demo"
@@ -26,20 +26,11 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def write_demo_params(dest: Path) -> None:
-    import io
+    """The project's params.yaml with demo/params.yaml laid over it (validated, comments kept)."""
+    from uqa.params import apply_overrides
 
-    from uqa.params import _yaml
-
-    merged = deep_merge(read_raw(PROJECT_ROOT / "params.yaml"), _plain_overlay())
-    buf = io.StringIO()
-    _yaml().dump(merged, buf)
-    dest.write_text(buf.getvalue(), encoding="utf-8")
-
-
-def _plain_overlay() -> dict[str, Any]:
-    from uqa.params import _plain
-
-    return _plain(read_raw(DEMO_DIR / "params.yaml"))
+    shutil.copy2(PROJECT_ROOT / "params.yaml", dest)
+    apply_overrides(dest, read_raw(DEMO_DIR / "params.yaml"))
 
 
 def copy_dvc_settings(workdir: Path) -> None:

@@ -40,22 +40,6 @@ class Windows:
     def token_window(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_windows, dtype=np.int64), self.lengths)
 
-    def take(self, windows: np.ndarray) -> Windows:
-        """Subset of windows (in the given order)."""
-        lengths = self.lengths[windows]
-        starts = self.row_splits[:-1][windows]
-        idx = _ranges(starts, lengths)
-        splits = np.zeros(len(windows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=splits[1:])
-        return Windows(
-            input_ids=self.input_ids[idx],
-            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[idx],
-            char_start=self.char_start[idx],
-            char_end=self.char_end[idx],
-            row_splits=splits,
-            window_to_example=self.window_to_example[windows],
-        )
-
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s+l) for each (s, l), vectorized (int32 while it fits: half the
@@ -240,11 +224,6 @@ def encode_pairs(tokenizer: Tokenizer, questions: list[str], contexts: list[str]
     )
 
 
-def pair_lengths(tokenizer: Tokenizer, questions: list[str], contexts: list[str]) -> np.ndarray:
-    """Token count of each whole question+context pair (special tokens included)."""
-    return encode_pairs(tokenizer, questions, contexts).lengths
-
-
 def encode_windows(tokenizer: Tokenizer, questions: list[str], contexts: list[str], max_seq_length: int,
                    stride: int, with_type_ids: bool = False) -> Windows:
     """Sliding windows over each context (question kept whole, `stride` tokens of overlap)."""
@@ -312,12 +291,6 @@ def label_windows(
     start_pos = np.where(has, start_pos, cls_index).astype(np.int32)
     end_pos = np.where(has, end_pos, cls_index).astype(np.int32)
     return Labels(start_pos, end_pos, has)
-
-
-def span_chars(windows: Windows, window: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Character span [char_start of `start`, char_end of `end`) of token spans in the given windows."""
-    base = windows.row_splits[:-1][window]
-    return windows.char_start[base + start], windows.char_end[base + end]
 
 
 def windows_from_table(table) -> Windows:
