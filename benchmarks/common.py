@@ -78,3 +78,16 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+class CountingCollator:
+    """Wraps a collator; records (features, non-pad tokens, padded tokens) of every batch."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        mask = batch["attention_mask"]
+        self.batches.append((int(mask.shape[0]), int(mask.sum()), int(mask.numel())))
+        return batch

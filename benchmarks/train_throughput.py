@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import median, shared_dir, table, write_result
+from common import CountingCollator, median, shared_dir, table, write_result
 
 CONFIG = {"model_type": "xlm-roberta", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
           "intermediate_size": 1024, "max_position_embeddings": 514, "type_vocab_size": 1}
@@ -55,19 +55,6 @@ def prepare(shared: Path, work: Path, n_examples: int) -> dict:
     datasets.Dataset(table_.slice(0, 64)).save_to_disk(str(out / "validation"))
     tok.save_pretrained(str(out / "tokenizer"))
     return {"features": windows.n_windows, "mean_length": float(windows.lengths.mean())}
-
-
-class CountingCollator:
-    """Wraps a collator; records (features, non-pad tokens, padded tokens) of every batch."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def __call__(self, features):
-        batch = self.inner(features)
-        mask = batch["attention_mask"]
-        self.batches.append((int(mask.shape[0]), int(mask.sum()), int(mask.numel())))
-        return batch
 
 
 def run_side(side: str, work: Path, steps: int) -> dict:
@@ -147,6 +134,79 @@ def loss_curves(shared: Path, steps: int, examples: int) -> None:
     write_result("train_loss_curves", {"steps": steps, "losses": runs, "table": rows})
 
 
+def compute_bound(shared: Path, steps: int, examples: int, repeats: int) -> None:
+    """What the model's arithmetic alone allows: forward + backward + clipping + AdamW of exactly the
+    batches each side trains on (the pipeline's sampler and collator, or 8 x 512), no Trainer around
+    it; plus the attention kernel with and without dropout (on CPU, SDPA's fused kernel takes no
+    dropout, so training falls back to the unfused math kernel)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.train_worker import make_trainer
+    from uqa.params import params_from_dict
+    from uqa.stages import working_dir
+
+    with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
+        work = Path(tmp)
+        prepare(shared, work, examples)
+        params = params_from_dict({"model": {"init": "scratch", "config": CONFIG},
+                                   "train": {"train_batch_size": BATCH, "gradient_accumulation_steps": 1}})
+        with working_dir(work):
+            trainer, _ = make_trainer(params, work / "ck", save_strategy="no", eval_strategy="no",
+                                      load_best_model_at_end=False)
+        loader = iter(trainer.get_train_dataloader())
+        ours = [next(loader) for _ in range(WARMUP + steps)][WARMUP:]
+        seed = []  # the same windows as the seed holds them: padded to 512, with the padding masked
+        for b in ours:
+            ids = torch.full((BATCH, 512), trainer.processing_class.pad_token_id, dtype=b["input_ids"].dtype)
+            ids[:, : b["input_ids"].shape[1]] = b["input_ids"]
+            mask = torch.zeros((BATCH, 512), dtype=b["attention_mask"].dtype)
+            mask[:, : b["attention_mask"].shape[1]] = b["attention_mask"]
+            seed.append({**b, "input_ids": ids, "attention_mask": mask})
+        model = trainer.model
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def run(batches) -> float:
+            for b in batches[:2]:  # warm-up
+                model(**b).loss.backward()
+                opt.zero_grad()
+            start = time.perf_counter()
+            for b in batches:
+                model(**b).loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+            return len(batches) * BATCH / (time.perf_counter() - start)
+
+        rates: dict[str, list[float]] = {"seed": [], "ours": []}
+        for _ in range(repeats):
+            rates["seed"].append(run(seed))
+            rates["ours"].append(run(ours))
+    mean_len = float(np.mean([b["input_ids"].shape[1] for b in ours]))
+    q = torch.randn(BATCH, CONFIG["num_attention_heads"], round(mean_len), CONFIG["hidden_size"] // 4,
+                    requires_grad=True)
+
+    def sdpa_ms(dropout: float) -> float:
+        times_ = []
+        for _ in range(7):
+            start = time.perf_counter()
+            F.scaled_dot_product_attention(q, q, q, dropout_p=dropout).sum().backward()
+            times_.append(time.perf_counter() - start)
+        return 1000 * median(times_)
+
+    kernel = {"dropout 0.0": sdpa_ms(0.0), "dropout 0.1": sdpa_ms(0.1)}
+    med = {side: median(r) for side, r in rates.items()}
+    rows = [["seed: 8 x 512", med["seed"], 1.0], [f"ours: the sampler's batches (mean width {mean_len:.0f})",
+                                                  med["ours"], med["ours"] / med["seed"]]]
+    print(table(["batches (no Trainer)", "features/s", "vs seed"], rows))
+    print(f"attention forward+backward, batch {BATCH} x {round(mean_len)} tokens, one layer: "
+          + ", ".join(f"{k}: {v:.1f} ms" for k, v in kernel.items()))
+    write_result("train_compute_bound", {"config": CONFIG, "batch_size": BATCH, "steps": steps, "rates": rates,
+                                         "medians": med, "ratio": med["ours"] / med["seed"],
+                                         "mean_batch_width": mean_len, "sdpa_fwd_bwd_ms": kernel})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shared")
@@ -155,6 +215,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--loss-curves", type=int, default=0, metavar="STEPS",
                         help="instead: loss of random vs length-grouped batches over STEPS steps")
+    parser.add_argument("--bound", action="store_true",
+                        help="instead: the ratio the model's arithmetic allows (same batches, no Trainer)")
     parser.add_argument("--child")
     parser.add_argument("--work")
     args = parser.parse_args()
@@ -162,6 +224,9 @@ def main() -> None:
         print(json.dumps(run_side(args.child, Path(args.work), args.steps)))
         return
     shared = shared_dir(args.shared)
+    if args.bound:
+        compute_bound(shared, args.steps, args.examples, args.repeats)
+        return
     if args.loss_curves:
         loss_curves(shared, args.loss_curves, args.examples)
         return

@@ -110,22 +110,31 @@ def feature_lengths(dataset) -> list[int]:
 
 
 def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, callbacks=None, **overrides):
-    """A Trainer ready to run the recipe; tests build one directly (no launcher) for golden values."""
+    """A Trainer ready to run the recipe on the cached features; tests build one directly (no launcher)."""
     import datasets
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from transformers import AutoTokenizer, set_seed
 
     from uqa.modeling import build_model
 
-    t = params.train
-    set_seed(t.seed)
+    set_seed(params.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(Path(data_dir) / "tokenizer"))
-    model = build_model(params.model, tokenizer, t.attn_implementation)
+    model = build_model(params.model, tokenizer, params.train.attn_implementation)
     train_ds = datasets.load_from_disk(str(Path(data_dir) / "train"))
     eval_ds = datasets.load_from_disk(str(Path(data_dir) / "validation"))
-    precision = resolve_precision(t.precision)
-    import torch
+    return build_trainer(params, model, tokenizer, train_ds, feature_lengths(train_ds), output_dir, eval_ds,
+                         callbacks, **overrides)
 
+
+def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int], output_dir: Path, eval_ds=None,
+                  callbacks=None, **overrides):
+    """The recipe's Trainer around a model and features already in memory (the GPU benchmark calls this
+    with synthetic features: it needs neither `datasets` nor files)."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    t = params.train
+    precision = resolve_precision(t.precision)
     args = dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -158,7 +167,6 @@ def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, ca
     )
     args.update(overrides)
     training_args = TrainingArguments(**args)
-    lengths = feature_lengths(train_ds)
 
     class QATrainer(Trainer):
         # Trainer drops unknown columns before it builds the sampler and then re-measures every

@@ -10,12 +10,13 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from ruamel.yaml import YAML
+from typing import TYPE_CHECKING, Any
 
 from uqa.atomic import atomic_write_text
 from uqa.errors import UserError
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
 
@@ -173,6 +174,8 @@ def params_from_dict(raw: dict[str, Any] | None, where: str = PARAMS_FILE) -> Pa
 
 
 def _yaml() -> YAML:
+    from ruamel.yaml import YAML  # imported when YAML is read or written: the dataclasses need no YAML
+
     y = YAML()  # round-trip: keeps the user's comments and order when overrides are written back
     y.preserve_quotes = True
     y.indent(mapping=2, sequence=4, offset=2)
@@ -210,6 +213,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=1")
     key, value = text.split("=", 1)
+    from ruamel.yaml import YAML
+
     parsed = YAML(typ="safe").load(value) if value.strip() else None
     return key.strip().split("."), parsed
 
