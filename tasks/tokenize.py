@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import UserError
-from uqa.features import Labels, Windows, encode_pairs, label_windows
+from uqa.features import Labels, Windows, encode_pairs
 from uqa.params import Params
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ def split_stats(windows: Windows, labels: Labels, contexts: list[str], answers: 
     ex = windows.window_to_example[win]
     _, first = np.unique(ex, return_index=True)
     win, ex = win[first], ex[first]
-    base = windows.row_splits[:-1][win]
-    cs = windows.char_start[base + labels.start_positions[win]]
-    ce = windows.char_end[base + labels.end_positions[win]]
+    cs, ce = labels.start_char[win], labels.end_char[win]
     # stripped: a Metaspace piece's offsets may include the space before the word
     exact = sum(contexts[e][s:t].strip() == answers[e]
                 for e, s, t in zip(ex.tolist(), cs.tolist(), ce.tolist(), strict=True))
@@ -165,13 +163,15 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     }
     for split in SPLITS:
         c = columns[split]
-        windows = encoded[split].windows(max_seq_length, stride)
+        layout = encoded[split].layout(max_seq_length, stride)
+        # train stores no offsets: its labels come from the contexts' offsets, not the windows'
+        windows = encoded[split].assemble(layout, with_offsets=split == "validation")
         clock.lap("assemble_windows")
         starts = c["answer_start"].astype(np.int64)
         ends = starts + pc.utf8_length(tables[split].column("answer")).to_numpy(zero_copy_only=False)
         answerable = ~c["is_impossible"].astype(bool)
         starts = np.where(answerable, starts, -1)
-        labels = label_windows(windows, starts, ends, cls_index=0)
+        labels = encoded[split].labels(layout, starts, ends, cls_index=0)
         clock.lap("labels")
         extra = None
         if split == "validation":
@@ -186,7 +186,9 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
         table = features_table(windows, labels, extra)
         with atomic_dir(Path(out_dir) / split) as tmp:
             datasets.Dataset(table).save_to_disk(str(tmp))
+        clock.lap("write")
         report[split] = split_stats(windows, labels, c["context"], c["answer"], starts, answerable)
+        clock.lap("stats")
         log.info("tokenize [%s]: %s", split, report[split])
     with atomic_dir(Path(out_dir) / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -1,4 +1,6 @@
-"""The binary-search labeller agrees with the first, token-level implementation, on real UQA."""
+"""The labellers agree: the first, token-level implementation (kept here as the reference), the
+binary search over each window's tokens (`label_windows`), and the search over each example's
+context tokens that the tokenize stage uses (`EncodedPairs.labels`), on real UQA and edge cases."""
 
 from __future__ import annotations
 
@@ -7,7 +9,16 @@ import pandas as pd
 import pytest
 from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
 
-from uqa.features import NO_CHAR, Labels, Windows, encode_windows, label_windows
+from uqa.features import (
+    NO_CHAR,
+    EncodedPairs,
+    Labels,
+    PairTemplate,
+    Windows,
+    _Texts,
+    encode_pairs,
+    label_windows,
+)
 
 
 def reference_label_windows(
@@ -69,12 +80,23 @@ def test_labels_match_the_reference(max_len, stride):
                       df["answer_start"] + answer.str.len() - answer.str.lstrip().str.len())
     ends = starts + answer.str.strip().str.len().to_numpy()
     tok = load_tokenizer(str(URDU_TOKENIZER)).backend_tokenizer
-    windows = encode_windows(tok, df["question"].str.strip().tolist(), df["context"].tolist(), max_len, stride)
+    encoded = encode_pairs(tok, df["question"].str.strip().tolist(), df["context"].tolist())
+    layout = encoded.layout(max_len, stride)
+    windows = encoded.assemble(layout)
     new, ref = label_windows(windows, starts, ends), reference_label_windows(windows, starts, ends)
     assert np.array_equal(new.has_answer, ref.has_answer)
     assert np.array_equal(new.start_positions, ref.start_positions)
     assert np.array_equal(new.end_positions, ref.end_positions)
     assert new.has_answer.sum() > 0.5 * (starts >= 0).sum()
+    by_context = encoded.labels(layout, starts, ends)
+    for field in ("has_answer", "start_positions", "end_positions", "start_char", "end_char"):
+        assert np.array_equal(getattr(by_context, field), getattr(new, field)), field
+    # the label's characters are those of its tokens
+    row = windows.row_splits[:-1][new.has_answer]
+    assert np.array_equal(new.start_char[new.has_answer], windows.char_start[row + new.start_positions[new.has_answer]])
+    # windows assembled without offsets hold the same tokens
+    bare = encoded.assemble(layout, with_offsets=False)
+    assert bare.char_start is None and np.array_equal(bare.input_ids, windows.input_ids)
 
 
 def test_uncovered_and_twin_offsets():
@@ -83,12 +105,23 @@ def test_uncovered_and_twin_offsets():
     ce = np.array([NO_CHAR, NO_CHAR, NO_CHAR, 3, 5, 5, 9, 9, 12, NO_CHAR], dtype=np.int32)
     w = Windows(np.zeros(10, np.int32), None, cs, ce, np.array([0, 10]), np.array([0], np.int32))
     # (3, 9) starts on an uncovered space: the first token overlapping the answer starts the span
+    # the same pair as EncodedPairs: CLS q SEP context SEP
+    one = np.zeros(1, np.int8)
+    template = PairTemplate(np.array([0], np.int32), np.array([2], np.int32), np.array([2], np.int32), one, one, one,
+                            0, 0)
+    context_offsets = np.stack([cs[3:9], ce[3:9]], axis=1)
+    encoded = EncodedPairs(template, _Texts(np.array([7], np.int32), np.zeros((1, 2), np.int32), np.array([0, 1])),
+                           _Texts(np.zeros(6, np.int32), context_offsets, np.array([0, 6])), np.array([0]), False)
+    layout = encoded.layout(64, 8)
+    assert np.array_equal(encoded.assemble(layout).char_start, cs)
     cases = {(4, 5): (5, 5), (0, 5): (3, 5), (3, 9): (4, 6), (9, 12): (8, 8), (0, 12): (3, 8), (13, 14): None}
     for (s, e), want in cases.items():
         got = label_windows(w, np.array([s]), np.array([e]))
         ref = reference_label_windows(w, np.array([s]), np.array([e]))
+        by_context = encoded.labels(layout, np.array([s]), np.array([e]))
         assert (got.start_positions[0], got.end_positions[0], got.has_answer[0]) == \
-            (ref.start_positions[0], ref.end_positions[0], ref.has_answer[0])
+            (ref.start_positions[0], ref.end_positions[0], ref.has_answer[0]) == \
+            (by_context.start_positions[0], by_context.end_positions[0], by_context.has_answer[0])
         if want is None:
             assert not got.has_answer[0]
         else:

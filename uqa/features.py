@@ -24,8 +24,8 @@ class Windows:
 
     input_ids: np.ndarray  # int32 [n_tokens]
     token_type_ids: np.ndarray | None  # int8 [n_tokens] (BERT-style models only)
-    char_start: np.ndarray  # int32 [n_tokens], NO_CHAR outside the context
-    char_end: np.ndarray  # int32 [n_tokens]
+    char_start: np.ndarray | None  # int32 [n_tokens], NO_CHAR outside the context (None: not kept)
+    char_end: np.ndarray | None  # int32 [n_tokens]
     row_splits: np.ndarray  # int64 [n_windows + 1]
     window_to_example: np.ndarray  # int32 [n_windows]
 
@@ -149,14 +149,11 @@ class EncodedPairs:
         """Token count of each whole pair, special tokens included."""
         return (self.questions.lengths + self.contexts.lengths[self.context_of] + self.template.n_special)
 
-    def windows(self, max_seq_length: int, stride: int) -> Windows:
-        """What tokenizer(q, c, truncation="only_second", max_length, stride, return_overflowing_tokens)
-        returns: the context cut into windows of `budget` tokens, each starting `budget - stride` after
-        the previous one, the last one ending at the context's end."""
+    def layout(self, max_seq_length: int, stride: int) -> WindowLayout:
+        """Where tokenizer(q, c, truncation="only_second", max_length, stride, return_overflowing_tokens)
+        cuts: the context in windows of `budget` tokens, each starting `budget - stride` after the
+        previous one, the last one ending at the context's end."""
         t = self.template
-        n_examples = len(self.context_of)
-        if n_examples == 0:
-            return _empty(self.with_type_ids)
         q_len = self.questions.lengths
         c_len = self.contexts.lengths[self.context_of]
         budget = max_seq_length - q_len - t.n_special
@@ -167,21 +164,29 @@ class EncodedPairs:
                              f"window, not more than the stride {stride}")
         step = np.maximum(budget - stride, 1)
         n_win = np.where(whole, 1, 1 + -(-(c_len - budget) // step))
-        win_ex = np.repeat(np.arange(n_examples), n_win)
-        first = np.concatenate([[0], np.cumsum(n_win)[:-1]])
+        win_ex = np.repeat(np.arange(len(q_len)), n_win)
+        first = np.concatenate([[0], np.cumsum(n_win)[:-1]]).astype(np.int64)
         k = np.arange(len(win_ex)) - first[win_ex]  # window number within its example
         c_from = k * step[win_ex]
-        c_to = np.minimum(c_from + budget[win_ex], c_len[win_ex])
-        c_n = c_to - c_from
+        c_n = np.minimum(c_from + budget[win_ex], c_len[win_ex]) - c_from
         qn = q_len[win_ex]
-        lengths = t.n_special + qn + c_n
+        return WindowLayout(win_ex, c_from, c_n, len(t.prefix) + qn + len(t.middle), qn + c_n + t.n_special)
+
+    def windows(self, max_seq_length: int, stride: int, with_offsets: bool = True) -> Windows:
+        return self.assemble(self.layout(max_seq_length, stride), with_offsets)
+
+    def assemble(self, lay: WindowLayout, with_offsets: bool = True) -> Windows:
+        """The windows' tokens (and, with_offsets, the context tokens' character offsets)."""
+        if len(self.context_of) == 0:
+            return _empty(self.with_type_ids)
+        t = self.template
+        win_ex, c_from, c_n, qn = lay.window_to_example, lay.context_from, lay.context_len, self.questions.lengths
+        qn = qn[win_ex]
         splits = np.zeros(len(win_ex) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=splits[1:])
+        np.cumsum(lay.lengths, out=splits[1:])
         total = int(splits[-1])
         ids = np.empty(total, dtype=np.int32)
         types = np.empty(total, dtype=np.int8) if self.with_type_ids else None
-        cs = np.full(total, NO_CHAR, dtype=np.int32)
-        ce = np.full(total, NO_CHAR, dtype=np.int32)
         base = splits[:-1]
         np_, nm = len(t.prefix), len(t.middle)
 
@@ -195,16 +200,93 @@ class EncodedPairs:
         q_dst = _ranges(base + np_, qn)
         ids[q_dst] = self.questions.ids[_ranges(self.questions.splits[:-1][win_ex], qn)]
         put_constant(base + np_ + qn, t.middle, t.middle_types)
-        c_dst = _ranges(base + np_ + qn + nm, c_n)
+        c_dst = _ranges(base + lay.context_pos, c_n)
         c_src = _ranges(self.contexts.splits[:-1][self.context_of[win_ex]] + c_from, c_n)
         ids[c_dst] = self.contexts.ids[c_src]
-        cs[c_dst] = self.contexts.offsets[c_src, 0]
-        ce[c_dst] = self.contexts.offsets[c_src, 1]
+        cs = ce = None
+        if with_offsets:
+            cs = np.full(total, NO_CHAR, dtype=np.int32)
+            ce = np.full(total, NO_CHAR, dtype=np.int32)
+            cs[c_dst] = self.contexts.offsets[c_src, 0]
+            ce[c_dst] = self.contexts.offsets[c_src, 1]
         put_constant(base + np_ + qn + nm + c_n, t.suffix, t.suffix_types)
         if types is not None:
             types[q_dst] = t.question_type
             types[c_dst] = t.context_type
         return Windows(ids, types, cs, ce, splits, win_ex.astype(np.int32))
+
+    def labels(self, layout: WindowLayout, answer_start_char: np.ndarray, answer_end_char: np.ndarray,
+               cls_index: int = 0) -> Labels:
+        """The labels `label_windows` gives the windows of `layout` (the same rules, and a test holds
+        them equal), searched once per example in its context's tokens rather than in every window's:
+        a window's context tokens are a run of its context's tokens, so a search over the context,
+        clipped to the window's run, lands where a search over the window would."""
+        offsets = self.contexts.offsets
+        cs, ce = offsets[:, 0], offsets[:, 1]
+        is_valid = ce > cs  # zero-width pieces cover no character
+        # valid tokens are numbered in order; n_valid_before[g] = how many come before token g
+        n_valid_before = np.zeros(len(cs) + 1, dtype=np.int32 if len(cs) < 2**31 else np.int64)
+        np.cumsum(is_valid, out=n_valid_before[1:])
+        nv = int(n_valid_before[-1])
+        win_ex = layout.window_to_example
+        if nv == 0 or len(win_ex) == 0:
+            none = np.full(len(win_ex), cls_index, dtype=np.int32)
+            return Labels(none, none.copy(), np.zeros(len(win_ex), dtype=bool), none * 0 - 1, none * 0 - 1)
+        # keys context * bound + offset rise through all contexts' valid tokens (int32 when they fit:
+        # this step is memory-bound, over every context token)
+        bound = int(max(ce.max(), answer_start_char.max(initial=0), answer_end_char.max(initial=0))) + 1
+        n_contexts = len(self.contexts.splits) - 1
+        key_type = np.int32 if n_contexts * bound < 2**31 else np.int64
+        owner = np.repeat(np.arange(n_contexts, dtype=key_type) * key_type(bound), self.contexts.lengths)[is_valid]
+        key_s = owner + cs[is_valid]
+        key_e = owner + ce[is_valid]
+        del owner
+
+        def valid(i: np.ndarray) -> np.ndarray:  # token index of the i-th valid token
+            return np.searchsorted(n_valid_before, (i + 1).astype(n_valid_before.dtype), side="left") - 1
+
+        # per example: the last token starting at or before s, the first ending at or after e
+        example_base = self.context_of.astype(np.int64) * bound
+        s_ex = answer_start_char.astype(np.int64)
+        e_ex = answer_end_char.astype(np.int64)
+        # (queries in the keys' type: numpy would otherwise convert the whole key array per call)
+        i_ex = np.searchsorted(key_s, (example_base + s_ex).astype(key_type), side="right") - 1
+        j_ex = np.searchsorted(key_e, (example_base + e_ex).astype(key_type), side="left")
+        # per window: its valid context tokens are the lo-th to the (hi-1)-th
+        first_token = self.contexts.splits[:-1][self.context_of[win_ex]] + layout.context_from
+        lo = n_valid_before[first_token].astype(np.int64)
+        hi = n_valid_before[first_token + layout.context_len].astype(np.int64)
+        top = np.maximum(hi - 1, lo)
+        s, e = s_ex[win_ex], e_ex[win_ex]
+        nonempty = hi > lo
+        first_cs = np.where(nonempty, cs[valid(np.minimum(lo, nv - 1))], -1)
+        last_ce = np.where(nonempty, ce[valid(np.minimum(top, nv - 1))], -1)
+        has = (s >= 0) & nonempty & (first_cs <= s) & (last_ce >= e)
+        # start: past the token if it ends before s (the answer starts on uncovered characters)
+        i = np.clip(i_ex[win_ex], lo, top)
+        i = np.where((ce[valid(np.minimum(i, nv - 1))] <= s) & (i + 1 < hi), i + 1, i)
+        # end: before the token if it starts at or after e, then the last of its twins
+        j = np.clip(j_ex[win_ex], lo, top)
+        j = np.where((cs[valid(np.minimum(j, nv - 1))] >= e) & (j - 1 >= lo), j - 1, j)
+        j = np.clip(np.searchsorted(key_e, key_e[np.minimum(j, nv - 1)], side="right") - 1, lo, top)
+        j = np.maximum(i, j)
+        vi, vj = valid(np.minimum(i, nv - 1)), valid(np.minimum(j, nv - 1))
+        has &= (ce[vi] > s) & (cs[vi] < e)  # an answer no token overlaps cannot be labelled
+        start_pos = np.where(has, vi - first_token + layout.context_pos, cls_index).astype(np.int32)
+        end_pos = np.where(has, vj - first_token + layout.context_pos, cls_index).astype(np.int32)
+        return Labels(start_pos, end_pos, has, np.where(has, cs[vi], -1).astype(np.int32),
+                      np.where(has, ce[vj], -1).astype(np.int32))
+
+
+@dataclass
+class WindowLayout:
+    """Where each window's context tokens come from: enough to label windows without their tokens."""
+
+    window_to_example: np.ndarray  # [n_windows]
+    context_from: np.ndarray  # the window's first context token, counted within its context
+    context_len: np.ndarray  # context tokens in the window
+    context_pos: np.ndarray  # position of the window's first context token in the window
+    lengths: np.ndarray  # tokens in the window, special tokens included
 
 
 def encode_pairs(tokenizer: Tokenizer, questions: list[str], contexts: list[str],
@@ -235,6 +317,8 @@ class Labels:
     start_positions: np.ndarray  # int32 [n_windows]; cls_index when the answer is not in the window
     end_positions: np.ndarray
     has_answer: np.ndarray  # bool [n_windows]: the whole answer lies inside this window
+    start_char: np.ndarray | None = None  # int32 [n_windows]: the label span's characters, -1 without
+    end_char: np.ndarray | None = None
 
 
 def label_windows(
@@ -290,7 +374,10 @@ def label_windows(
         start_pos = end_pos = np.zeros(nw, dtype=np.int64)
     start_pos = np.where(has, start_pos, cls_index).astype(np.int32)
     end_pos = np.where(has, end_pos, cls_index).astype(np.int32)
-    return Labels(start_pos, end_pos, has)
+    row = windows.row_splits[:-1]
+    start_char = np.where(has, cs[row + start_pos], -1).astype(np.int32) if nw else start_pos
+    end_char = np.where(has, ce[row + end_pos], -1).astype(np.int32) if nw else end_pos
+    return Labels(start_pos, end_pos, has, start_char, end_char)
 
 
 def windows_from_table(table) -> Windows:
