@@ -26,6 +26,26 @@ def shared_dir(arg: str | None) -> Path:
     return shared
 
 
+def answerable_train_sample(shared: Path, n_examples: int, max_seq_length: int = 512, stride: int = 128):
+    """n random answerable rows of real UQA train (random_state 0) as the tokenize stage makes them with
+    the Urdu tokenizer: (tokenizer, windows without offsets, labels)."""
+    import pandas as pd
+
+    from uqa.features import encode_labelled_windows
+    from uqa.tokenizer import load_tokenizer
+
+    df = pd.read_parquet(shared / "data/uqa/train.parquet")
+    df = df[~df["is_impossible"]].sample(n=n_examples, random_state=0).reset_index(drop=True)
+    answer = df["answer"]
+    starts = (df["answer_start"] + answer.str.len() - answer.str.lstrip().str.len()).to_numpy()
+    ends = starts + answer.str.strip().str.len().to_numpy()
+    tok = load_tokenizer(str(shared / "models/urdu-xlmr-32k"))
+    windows, labels = encode_labelled_windows(tok.backend_tokenizer, df["question"].str.strip().tolist(),
+                                              df["context"].tolist(), starts, ends, max_seq_length, stride,
+                                              with_offsets=False)
+    return tok, windows, labels
+
+
 def machine() -> dict[str, Any]:
     import torch
 

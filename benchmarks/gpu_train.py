@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, CountingCollator, write_result
+from common import ROOT, CountingCollator, answerable_train_sample, write_result
 
 CONFIG = {"model_type": "xlm-roberta", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
           "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1}
@@ -70,17 +70,8 @@ SECONDS_NEEDED = {False: 25, True: 150}  # a setting's rough cost, to skip one t
 
 def write_lengths(shared: Path, n_examples: int = 8000, path: Path = LENGTHS_FILE) -> None:
     """Lengths of the windows of n_examples random answerable UQA train questions (Urdu tokenizer)."""
-    import pandas as pd
-
-    from uqa.features import encode_windows
-    from uqa.tokenizer import load_tokenizer
-
-    df = pd.read_parquet(shared / "data/uqa/train.parquet")
-    df = df[~df["is_impossible"]].sample(n=n_examples, random_state=0)
-    tok = load_tokenizer(str(shared / "models/urdu-xlmr-32k"))
-    w = encode_windows(tok.backend_tokenizer, df["question"].str.strip().tolist(), df["context"].tolist(),
-                       MAX_LENGTH, 128)
-    lengths = w.lengths.astype(int).tolist()
+    _, windows, _ = answerable_train_sample(shared, n_examples, MAX_LENGTH, 128)
+    lengths = windows.lengths.astype(int).tolist()
     path.write_text(json.dumps({
         "source": f"{n_examples} random answerable rows of UQA train (random_state 0), urdu-xlmr-32k tokenizer, "
                   f"max_seq_length {MAX_LENGTH}, stride 128; written by benchmarks/gpu_train.py --write-lengths",
@@ -273,6 +264,7 @@ def main() -> None:
         device = torch.cuda.get_device_name(0)
         peak, peak_source = peak_for(device, args.peak_tflops)
         settings = SETTINGS
+    lengths_source = json.loads(LENGTHS_FILE.read_text())["source"]
     results: list[dict] = []
     for setting in settings:
         left = args.budget_s - (time.perf_counter() - started)
@@ -284,7 +276,7 @@ def main() -> None:
               flush=True)
         payload = {"results": results, "summary": summarize(results, device, peak, peak_source),
                    "steps": args.steps, "warmup": args.warmup,
-                   "lengths": json.loads(LENGTHS_FILE.read_text())["source"]}
+                   "lengths": lengths_source}
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "gpu_train.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")

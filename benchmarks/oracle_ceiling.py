@@ -24,7 +24,7 @@ from common import write_result  # noqa: E402
 from tasks.evaluate import references_by_id, score_predictions  # noqa: E402
 from tasks.filter import check_row  # noqa: E402
 from tasks.tokenize import first_row_per_id  # noqa: E402
-from uqa.features import encode_windows, label_windows  # noqa: E402
+from uqa.features import encode_labelled_windows  # noqa: E402
 from uqa.inference import WindowLogits, spans_for_windows  # noqa: E402
 from uqa.postprocess import pad_ragged  # noqa: E402
 from uqa.tokenizer import load_tokenizer  # noqa: E402
@@ -36,10 +36,10 @@ def oracle(rows: pd.DataFrame, tokenizer_path: str, max_seq_length: int = 512, s
     first = first_row_per_id(examples["id"].tolist())
     ex = examples.iloc[first].reset_index(drop=True)
     tok = load_tokenizer(tokenizer_path)
-    windows = encode_windows(tok.backend_tokenizer, ex["question"].tolist(), ex["context"].tolist(),
-                             max_seq_length, stride)
     starts = ex["answer_start"].to_numpy()
-    labels = label_windows(windows, starts, starts + ex["answer"].str.len().to_numpy())
+    windows, labels = encode_labelled_windows(tok.backend_tokenizer, ex["question"].tolist(), ex["context"].tolist(),
+                                              starts, starts + ex["answer"].str.len().to_numpy(), max_seq_length,
+                                              stride)
     real = pad_ragged(np.ones(len(windows.input_ids), bool), windows.row_splits, False, bool)
     start = np.where(real, 0.0, -np.inf).astype(np.float32)
     end = start.copy()

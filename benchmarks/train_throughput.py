@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from common import CountingCollator, median, shared_dir, table, write_result
+from common import CountingCollator, answerable_train_sample, median, shared_dir, table, write_result
 
 CONFIG = {"model_type": "xlm-roberta", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
           "intermediate_size": 1024, "max_position_embeddings": 514, "type_vocab_size": 1}
@@ -37,18 +36,8 @@ def prepare(shared: Path, work: Path, n_examples: int) -> dict:
     import datasets
 
     from tasks.tokenize import features_table
-    from uqa.features import encode_windows, label_windows
-    from uqa.tokenizer import load_tokenizer
 
-    df = pd.read_parquet(shared / "data/uqa/train.parquet")
-    df = df[~df["is_impossible"]].sample(n=n_examples, random_state=0).reset_index(drop=True)
-    answer = df["answer"]
-    starts = (df["answer_start"] + answer.str.len() - answer.str.lstrip().str.len()).to_numpy()
-    ends = starts + answer.str.strip().str.len().to_numpy()
-    tok = load_tokenizer(str(shared / "models/urdu-xlmr-32k"))
-    windows = encode_windows(tok.backend_tokenizer, df["question"].str.strip().tolist(), df["context"].tolist(),
-                             512, 128)
-    labels = label_windows(windows, starts, ends)
+    tok, windows, labels = answerable_train_sample(shared, n_examples)
     table_ = features_table(windows, labels)
     out = work / "data" / "tokenized"
     datasets.Dataset(table_).save_to_disk(str(out / "train"))

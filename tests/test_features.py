@@ -1,6 +1,6 @@
-"""The labellers agree: the first, token-level implementation (kept here as the reference), the
-binary search over each window's tokens (`label_windows`), and the search over each example's
-context tokens that the tokenize stage uses (`EncodedPairs.labels`), on real UQA and edge cases."""
+"""The labellers agree: the first, token-level implementation and the binary search over each
+window's tokens (both kept here as references), and the search over each example's context tokens
+that the tokenize stage uses (`EncodedPairs.labels`), on real UQA and edge cases."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from uqa.features import (
     Windows,
     _Texts,
     encode_pairs,
-    label_windows,
 )
 
 
@@ -67,6 +66,60 @@ def reference_label_windows(
     return Labels(start_pos, end_pos, has)
 
 
+
+def label_windows(
+    windows: Windows, answer_start_char: np.ndarray, answer_end_char: np.ndarray, cls_index: int = 0
+) -> Labels:
+    """The second implementation (the tokenize stage's until it searched contexts instead of windows),
+    kept as a reference: the same rules as `EncodedPairs.labels`, on windows with their offsets.
+
+    Context offsets rise within a window, so each label is two binary searches over the window's
+    context tokens (all windows at once: keys are window * 2^32 + offset)."""
+    nw = windows.n_windows
+    cs, ce = windows.char_start, windows.char_end
+    valid = np.flatnonzero((cs != NO_CHAR) & (ce > cs))  # zero-width pieces cover no character
+    win = np.repeat(np.arange(nw, dtype=np.int64), windows.lengths)[valid]
+    shift = np.int64(1) << 32
+    key_s = win * shift + cs[valid]
+    key_e = win * shift + ce[valid]
+    # each window's valid context tokens are valid[lo[w]:hi[w]]
+    lo = np.searchsorted(win, np.arange(nw), side="left")
+    hi = np.searchsorted(win, np.arange(nw), side="right")
+    s = answer_start_char[windows.window_to_example].astype(np.int64)
+    e = answer_end_char[windows.window_to_example].astype(np.int64)
+    nonempty = hi > lo
+    first_cs = np.where(nonempty, cs[valid[np.minimum(lo, len(valid) - 1)]], -1) if len(valid) else lo * 0 - 1
+    last_ce = np.where(nonempty, ce[valid[np.maximum(hi - 1, 0)]], -1) if len(valid) else lo * 0 - 1
+    has = (s >= 0) & nonempty & (first_cs <= s) & (last_ce >= e)
+    w = np.arange(nw, dtype=np.int64)
+    base = w * shift
+    # start: the last token starting at or before s; past it if it ends before s (uncovered chars)
+    i = np.clip(np.searchsorted(key_s, base + s, side="right") - 1, lo, np.maximum(hi - 1, lo))
+    if len(valid):
+        i = np.where((ce[valid[np.minimum(i, len(valid) - 1)]] <= s) & (i + 1 < hi), i + 1, i)
+    # end: the first token ending at or after e, then its twin if one follows; before it if it
+    # starts at or after e
+    j = np.clip(np.searchsorted(key_e, base + e, side="left"), lo, np.maximum(hi - 1, lo))
+    if len(valid):
+        jv = valid[np.minimum(j, len(valid) - 1)]
+        j = np.where((cs[jv] >= e) & (j - 1 >= lo), j - 1, j)
+        j = np.clip(np.searchsorted(key_e, key_e[np.minimum(j, len(valid) - 1)], side="right") - 1, lo,
+                    np.maximum(hi - 1, lo))
+    j = np.maximum(i, j)
+    row = windows.row_splits[:-1]
+    if len(valid):
+        vi = valid[np.minimum(i, len(valid) - 1)]
+        start_pos = vi - row
+        end_pos = valid[np.minimum(j, len(valid) - 1)] - row
+        has &= (ce[vi] > s) & (cs[vi] < e)  # an answer no token overlaps cannot be labelled
+    else:
+        start_pos = end_pos = np.zeros(nw, dtype=np.int64)
+    start_pos = np.where(has, start_pos, cls_index).astype(np.int32)
+    end_pos = np.where(has, end_pos, cls_index).astype(np.int32)
+    row = windows.row_splits[:-1]
+    start_char = np.where(has, cs[row + start_pos], -1).astype(np.int32) if nw else start_pos
+    end_char = np.where(has, ce[row + end_pos], -1).astype(np.int32) if nw else end_pos
+    return Labels(start_pos, end_pos, has, start_char, end_char)
 
 
 @needs_shared

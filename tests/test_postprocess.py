@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
 
-from uqa.features import encode_windows, label_windows
+from uqa.features import encode_labelled_windows
 from uqa.inference import WindowLogits, spans_for_windows
 from uqa.postprocess import best_spans, no_answer_margin, pad_ragged
 
@@ -108,9 +108,8 @@ def test_oracle_logits_recover_every_labelled_answer():
     ends = starts + stripped.str.len().to_numpy()
     tok = load_tokenizer(str(URDU_TOKENIZER))
     # 256 tokens: plenty of examples span several windows
-    windows = encode_windows(tok.backend_tokenizer, rows["question"].str.strip().tolist(), rows["context"].tolist(),
-                             256, 128)
-    labels = label_windows(windows, starts, ends)
+    windows, labels = encode_labelled_windows(tok.backend_tokenizer, rows["question"].str.strip().tolist(),
+                                              rows["context"].tolist(), starts, ends, 256, 128)
     width = int(windows.lengths.max())
     start_logits = np.zeros((windows.n_windows, width), np.float32)
     end_logits = np.zeros((windows.n_windows, width), np.float32)

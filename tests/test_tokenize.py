@@ -14,7 +14,7 @@ from conftest import TINY_CONFIG, UQA_DIR, URDU_TOKENIZER, needs_shared
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import first_row_per_id, tokenize_splits
-from uqa.features import encode_windows, label_windows
+from uqa.features import encode_labelled_windows, encode_windows
 from uqa.params import params_from_dict
 from uqa.tokenizer import load_tokenizer
 
@@ -131,7 +131,10 @@ def test_windows_overlap_by_stride_and_labels_pick_the_right_window():
     context = " ".join(words)
     tok = train_tokenizer([context, "سوال کیا ہے؟"] * 5, vocab_size=500)
     backend = tok.backend_tokenizer
-    windows = encode_windows(backend, ["سوال کیا ہے؟"], [context], max_seq_length=32, stride=8)
+    answer = "لفظ40"
+    s = context.index(answer)
+    windows, labels = encode_labelled_windows(backend, ["سوال کیا ہے؟"], [context], np.array([s]),
+                                              np.array([s + len(answer)]), max_seq_length=32, stride=8)
     assert windows.n_windows > 3
     # consecutive windows share `stride` context tokens
     ids = [windows.input_ids[windows.row_splits[w]:windows.row_splits[w + 1]].tolist() for w in range(windows.n_windows)]
@@ -140,9 +143,6 @@ def test_windows_overlap_by_stride_and_labels_pick_the_right_window():
     second_ctx = [c for c in cs[1] if c >= 0]
     assert first_ctx[-8:] == second_ctx[:8]
     assert len(ids[0]) == 32
-    answer = "لفظ40"
-    s = context.index(answer)
-    labels = label_windows(windows, np.array([s]), np.array([s + len(answer)]))
     hit = np.flatnonzero(labels.has_answer)
     assert len(hit) >= 1
     for w in range(windows.n_windows):
