@@ -5,6 +5,11 @@ outputs: registry/ (persist: every registered version, see uqa/registry.py), rep
 
 Promotion gate: F1 >= register.min_f1 and >= the F1 of the model now in prod. A model that fails the
 gate is still registered (its version, card and metrics are kept), but prod stays where it was.
+The gate fails closed: when the registry is inconsistent (Registry.verified_stage) or metrics/eval.json
+has no F1, the stage stops with a UserError rather than promote on a guess.
+
+Hub push: a promoted version's index entry records `hub: {repo_id, pushed, url, error}`. A rerun with the
+same weights retries a push that is not recorded as done (the registration itself is already complete).
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
-from uqa.errors import UserError
+from uqa.errors import DataError, TransientError, UserError
 from uqa.params import Params
 from uqa.registry import PROD, Registry, next_version
 
@@ -145,8 +151,6 @@ def push_to_hub(directory: Path, repo_id: str | None) -> str:
         raise UserError("register.push_to_hub is true but register.hub_repo_id is not set")
     from huggingface_hub import HfApi
 
-    from uqa.errors import TransientError
-
     try:
         api = HfApi(token=token)
         api.create_repo(repo_id, exist_ok=True)
@@ -157,6 +161,41 @@ def push_to_hub(directory: Path, repo_id: str | None) -> str:
     return str(getattr(commit, "commit_url", repo_id))
 
 
+def read_metrics(metrics_file: Path) -> tuple[dict[str, Any], float]:
+    """metrics/eval.json and its F1: without a real F1 the gate cannot be applied, so stop (never default 0)."""
+    rerun = "rerun the evaluate stage (`dvc repro evaluate`)"
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{metrics_file} is unreadable ({exc}): {rerun}") from None
+    f1 = metrics.get("f1") if isinstance(metrics, dict) else None
+    if not isinstance(f1, (int, float)) or isinstance(f1, bool) or not math.isfinite(f1):
+        raise DataError(f"{metrics_file} has no numeric 'f1' (got {f1!r}), which the promotion gate needs: {rerun}")
+    return metrics, float(f1)
+
+
+def _hub_done(entry: dict[str, Any], repo_id: str | None) -> bool:
+    hub = entry.get("hub") or {}
+    return bool(hub.get("pushed")) and hub.get("repo_id") == repo_id
+
+
+def _push_and_record(registry: Registry, index: dict[str, Any], entry: dict[str, Any], repo_id: str | None) -> str:
+    """Push the version to the Hub and record the outcome in its index entry (one atomic index write).
+
+    A failure is recorded as pending (with the token-free error) and re-raised: the stage fails, the
+    registration stays consistent, and the next run with the same weights retries the push."""
+    entry["hub"] = {"repo_id": repo_id, "pushed": False, "url": None, "error": None}
+    try:
+        url = push_to_hub(registry.version_dir(entry["version"]), repo_id)
+    except UserError as exc:
+        entry["hub"]["error"] = str(exc)  # push_to_hub's messages never carry the token
+        atomic_write_json(registry.index_path, index)
+        raise
+    entry["hub"].update(pushed=True, url=url)
+    atomic_write_json(registry.index_path, index)
+    return url
+
+
 def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR,
              metrics_file: Path = METRICS_FILE) -> dict[str, Any]:
     root = Path(root)
@@ -165,23 +204,27 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         if not dep.exists():
             raise UserError(f"{dep} is missing: run the train and evaluate stages first")
     cfg = params.register
-    metrics = read_json(metrics_file)
+    metrics, f1 = read_metrics(metrics_file)
     registry = Registry(root, cfg.name)
     digest = weights_sha256(model_dir)
     index = registry.index()
-    prod = registry.stage_version(PROD)
-    prod_record = registry.record(prod) if prod else None
+    prod, prod_record = registry.verified_stage(PROD)  # RegistryInconsistent: stop, promote nothing
 
     latest = index["versions"][-1] if index["versions"] else None
-    if latest and latest["weights_sha256"] == digest:
-        report = {"name": cfg.name, "version": latest["version"], "registered": False, "promoted": PROD in latest.get("stages", []) or prod == latest["version"],
-                  "reason": f"these weights are already registered as {latest['version']}", "prod_version": prod,
-                  "path": str(registry.version_dir(latest["version"]))}
+    if latest and latest.get("weights_sha256") == digest:
+        version = latest["version"]
+        hub_url = (latest.get("hub") or {}).get("url")
+        # a push that failed (or never ran) after this version reached prod: finish it now
+        if cfg.push_to_hub and prod == version and not _hub_done(latest, cfg.hub_repo_id):
+            log.info("register: %s %s is registered; retrying its Hub push", cfg.name, version)
+            hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id)
+        report = {"name": cfg.name, "version": version, "registered": False, "promoted": prod == version,
+                  "reason": f"these weights are already registered as {version}", "prod_version": prod,
+                  "path": str(registry.version_dir(version)), "hub_url": hub_url}
         atomic_write_json(root / REPORT, report)
         log.info("register: %s", report["reason"])
         return report
 
-    f1 = float(metrics.get("f1", 0.0))
     prod_f1 = float(prod_record["metrics"]["f1"]) if prod_record else None
     if f1 < cfg.min_f1:
         promote, reason = False, f"F1 {f1:.2f} < register.min_f1 {cfg.min_f1:.2f}"
@@ -192,15 +235,8 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         reason = f"F1 {f1:.2f} >= min_f1 {cfg.min_f1:.2f}" + (
             f" and >= prod {prod} F1 {prod_f1:.2f}" if prod_f1 is not None else " (first prod model)")
 
-    known = [v["version"] for v in index["versions"]]
-    if registry.uses_git:
-        import gto.api
-
-        try:
-            known += [v["version"] for v in gto.api.show(str(root), cfg.name)]
-        except Exception:
-            pass
-    version = next_version(known)
+    # a version number GTO already has (e.g. from a run killed after tagging) must not be reused
+    version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions())
     download = read_json(root / DOWNLOAD_REPORT)
     train = read_json(root / TRAIN_REPORT)
     card = model_card(cfg.name, version, params, metrics, download, train, promote, reason)
@@ -231,15 +267,16 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         if promote:
             registry.git_promote(version, reason)
     entry = dict(record, stages=[PROD] if promote else [])
+    push = cfg.push_to_hub and promote
+    if push:  # pending until the push succeeds: a run killed mid-push is retried too
+        entry["hub"] = {"repo_id": cfg.hub_repo_id, "pushed": False, "url": None, "error": None}
     if promote:
         for other in index["versions"]:
             other["stages"] = [s for s in other.get("stages", []) if s != PROD]
     index["versions"].append(entry)
     atomic_write_json(registry.index_path, index)
 
-    hub_url = None
-    if cfg.push_to_hub and promote:
-        hub_url = push_to_hub(registry.version_dir(version), cfg.hub_repo_id)
+    hub_url = _push_and_record(registry, index, entry, cfg.hub_repo_id) if push else None
     new_prod = version if promote else prod
     report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,
               "prod_version": new_prod, "path": str(registry.version_dir(version)),

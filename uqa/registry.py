@@ -8,20 +8,30 @@ In a git project each version is also a GTO version: a commit on the branch `uqa
 git plumbing: the user's branch, index and working tree are never touched) holding the version's
 model card and registration record, tagged `<name>@vX.Y.Z`; promotion is `gto assign --stage prod`
 (tag `<name>#prod#N`). GTO allows one version per commit, which is why each version gets its own.
+
+The registry fails closed: when the GTO tags, the index and the version directories disagree, or GTO
+cannot read the tags, it raises RegistryInconsistent (a one-line UserError saying what disagrees and
+how to repair it) instead of guessing; a guess such as "no prod yet" would promote any model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from uqa.errors import UserError
+
+
+class RegistryInconsistent(UserError):
+    """The GTO tags and the registry files disagree (or cannot be read): nothing is registered or promoted."""
 
 REGISTRY_DIR = Path("registry")
 REGISTRY_BRANCH = "refs/heads/uqa-registry"
@@ -39,6 +49,10 @@ def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: str |
     if r.returncode != 0:
         raise UserError(f"git {' '.join(args[:2])} failed in {root}: {r.stderr.strip()}")
     return r.stdout.strip()
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def git_identity(root: Path) -> tuple[str, str]:
@@ -78,9 +92,23 @@ class Registry:
         return is_git_repo(Path(self.root))
 
     def index(self) -> dict[str, Any]:
-        if self.index_path.exists():
-            return json.loads(self.index_path.read_text())
-        return {"name": self.name, "versions": []}
+        if not self.index_path.exists():
+            return {"name": self.name, "versions": []}
+        restore = "restore it from DVC (`dvc pull registry`) or from a backup"
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryInconsistent(f"{self.index_path} is unreadable ({exc}): {restore}") from None
+        versions = index.get("versions") if isinstance(index, dict) else None
+        if not isinstance(versions, list):
+            raise RegistryInconsistent(f"{self.index_path} is not a registry index (no 'versions' list): {restore}")
+        for i, v in enumerate(versions):  # the keys every reader (gate, `uqa registry`) relies on
+            if not (isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("metrics"), dict)
+                    and "promoted" in v and "reason" in v):
+                raise RegistryInconsistent(
+                    f"{self.index_path}: versions[{i}] is not a version record (it needs 'version', 'metrics', "
+                    f"'promoted', 'reason'): {restore}")
+        return index
 
     def versions(self) -> list[dict[str, Any]]:
         return self.index()["versions"]
@@ -89,22 +117,92 @@ class Registry:
         return self.store / version
 
     # -- stages ------------------------------------------------------------------------------------
-    def stage_version(self, stage: str = PROD) -> str | None:
-        """The version currently in `stage` (GTO in a git project, else the index)."""
+    def git_tags(self) -> list[str]:
+        """This artifact's GTO tags (`<name>@<version>`, `<name>#<stage>#N`, ...) in the git repo."""
+        return _git(Path(self.root), "tag", "-l", f"{self.name}@*", f"{self.name}#*").split()
+
+    def _gto(self, what: str, call: Callable[[], Any]) -> Any:
+        """A GTO call; its failures are inconsistencies, never "no versions" (that case is answered by the
+        tag list before GTO is asked: GTO raises the same way for "no tags yet" and for a broken tag)."""
+        try:
+            return call()
+        except Exception as exc:
+            raise RegistryInconsistent(
+                f"GTO cannot read the {what} of {self.name} in {Path(self.root).resolve()} "
+                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}): list the tags with "
+                f"`git tag -l '{self.name}@*' '{self.name}#*'`, delete the broken one (`git tag -d TAG`) "
+                f"or fetch them again (`git fetch --tags --force`)") from None
+
+    def gto_versions(self) -> list[str]:
+        """Versions GTO knows (git projects; [] when the artifact has no tags yet)."""
+        if not self.uses_git or not self.git_tags():
+            return []
+        import gto.api
+
+        return [v["version"] for v in self._gto("versions", lambda: gto.api.show(str(self.root), self.name))]
+
+    def stage_assignment(self, stage: str = PROD) -> tuple[str, str | None] | None:
+        """(version, GTO tag that put it there; None outside git) of the version in `stage`, or None."""
         if self.uses_git:
+            if not self.git_tags():
+                return None
             import gto.api
 
-            try:
-                found = gto.api.find_versions_in_stage(str(self.root), self.name, stage)
-            except Exception:  # no tags yet, or the artifact is unknown to GTO
-                found = None
-            if found:
-                return found[0].version if isinstance(found, list) else found.version
-            return None
+            found = self._gto(f"'{stage}' stage",
+                              lambda: gto.api.find_versions_in_stage(str(self.root), self.name, stage))
+            if not found:
+                return None
+            vstage = found[0] if isinstance(found, list) else found
+            tags = [a.tag for a in getattr(vstage, "assignments", []) if getattr(a, "tag", None)]
+            return vstage.version, (tags[-1] if tags else None)
         for entry in reversed(self.versions()):
             if stage in entry.get("stages", []):
-                return entry["version"]
+                return entry["version"], None
         return None
+
+    def stage_version(self, stage: str = PROD) -> str | None:
+        """The version currently in `stage` (GTO in a git project, else the index)."""
+        found = self.stage_assignment(stage)
+        return found[0] if found else None
+
+    def verified_stage(self, stage: str = PROD) -> tuple[str | None, dict[str, Any] | None]:
+        """The version in `stage` and its index record, checked against the tags and the files.
+
+        The promotion gate compares a new model with this record: when any of it is missing, the
+        registry is inconsistent and registration must stop (fail closed), not treat it as "no prod"."""
+        index = self.index()
+        if self.uses_git and index["versions"] and not self.git_tags():
+            raise RegistryInconsistent(
+                f"{self.index_path} lists {len(index['versions'])} version(s) of {self.name} but git has no "
+                f"'{self.name}@*' tags: fetch them (`git fetch --tags`), or, if this registry was made "
+                f"outside git, recreate them with `gto register` / `gto assign`")
+        found = self.stage_assignment(stage)
+        if found is None:
+            return None, None
+        version, tag = found
+        if self.uses_git:
+            unassign = f"`gto deprecate {self.name} {version} {stage}`" + (f" or `git tag -d '{tag}'`" if tag else "")
+        else:
+            unassign = f"remove '{stage}' from its stages in {self.index_path}"
+        where = f"{self.name} {version} is in {stage}" + (f" (tag '{tag}')" if tag else "")
+        record = self.record(version)
+        if record is None:
+            raise RegistryInconsistent(
+                f"{where} but {self.index_path} has no record of it: restore the index (`dvc pull registry`), "
+                f"or take {version} out of {stage} ({unassign}) and rerun")
+        f1 = record["metrics"].get("f1")
+        if not _finite_number(f1):
+            raise RegistryInconsistent(
+                f"{where} but its record in {self.index_path} has no numeric metrics.f1 (got {f1!r}): "
+                f"restore the index (`dvc pull registry`), or take {version} out of {stage} ({unassign})")
+        vdir = self.version_dir(version)
+        missing = [n for n, ok in (("config.json", (vdir / "config.json").is_file()),
+                                   ("*.safetensors weights", any(vdir.glob("*.safetensors")))) if not ok]
+        if missing:
+            raise RegistryInconsistent(
+                f"{where} but {vdir} has no {' and no '.join(missing)}: restore the registry "
+                f"(`dvc pull registry`), or take {version} out of {stage} ({unassign})")
+        return version, record
 
     def record(self, version: str) -> dict[str, Any] | None:
         for entry in self.versions():
@@ -172,7 +270,7 @@ def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) ->
             )
     assert version is not None
     directory = registry.version_dir(version)
-    if not (directory / "config.json").exists():
+    if not (directory / "config.json").exists() or not any(directory.glob("*.safetensors")):
         raise UserError(
             f"{artifact}@{version} is registered but {directory} is not here: `dvc pull` restores the registry"
         )
