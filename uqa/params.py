@@ -1,16 +1,29 @@
-"""params.yaml: one section per stage, read into typed, validated dataclasses.
+"""params.yaml: one section per stage, read into typed, validated, frozen dataclasses.
 
 The same file drives `dvc repro` (which records it in dvc.lock) and the Prefect flow (which writes
-its overrides into it first, as `dvc exp run -S` does, so that dvc.lock records what really ran)."""
+its overrides into it first, as `dvc exp run -S` does, so that dvc.lock records what really ran).
+
+Each section is a pydantic dataclass (still a `dataclasses` dataclass: `asdict` and `fields` work),
+strict where YAML makes mistakes easy: a quoted number or boolean (`"2"`, `"false"`) is an error, not
+coerced; YAML numbers, and integers where a float is expected, are fine. A mistake is one UserError
+naming the file, the dotted key, the value as written and what is expected. `section_models()` gives
+each section's class, for its JSON schema (`pydantic.TypeAdapter(cls).json_schema()`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import functools
 import io
-from dataclasses import dataclass, field
+import re
+from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from uqa.atomic import atomic_write_text
 from uqa.errors import UserError
@@ -20,21 +33,60 @@ if TYPE_CHECKING:
 
 PARAMS_FILE = "params.yaml"
 
+# strict scalars: YAML already typed the value, so "2" (a string) is not an integer, nor "false" a bool
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an int is still a valid float (epochs: 6)
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
-@dataclass(frozen=True)
+_CONFIG = ConfigDict(extra="forbid")
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value  # `train:` with nothing under it = the defaults
+
+
+_EMPTY_IF_NONE = BeforeValidator(_none_is_empty)
+
+
+def _doc(description: str, **constraints: Any) -> Any:
+    """A field's description (from the comments in params.yaml: it goes into the JSON schema) and bounds."""
+    return Field(description=description, **constraints)
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class DataParams:
-    source: str | dict[str, Any] = "uqa/UQA"  # hub id, local dataset dir, or {split: file(s)}
-    revision: str | None = None
-    keep_unanswerable: bool = False
+    source: Annotated[
+        Annotated[str, Strict(), Field(min_length=1)] | dict[Str, Str | list[Str]],
+        _doc("hub dataset id, a local dataset directory, or {train: file(s), validation: file(s)}"),
+    ] = "uqa/UQA"
+    revision: Annotated[Str | None, _doc("hub revision to pin")] = None
+    keep_unanswerable: Annotated[
+        Bool, _doc("the seed drops is_impossible rows; true = SQuAD2-style training")] = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelParams:
-    name: str = "xlm-roberta-base"
-    tokenizer: str | None = None  # None = model.name (or, with init=scratch, a tokenizer trained on train)
-    init: str = "pretrained"  # pretrained | scratch
-    config: dict[str, Any] | None = None  # transformers config for init=scratch
-    trust_remote_code: bool = False
+    name: Annotated[Str, _doc("hub id or local directory with weights")] = "xlm-roberta-base"
+    tokenizer: Annotated[Str | None, _doc(
+        "hub id or local directory; null = same as model.name "
+        "(with init: scratch, a tokenizer trained on the train split)")] = None
+    init: Annotated[Literal["pretrained", "scratch"], _doc(
+        "pretrained = load model.name; scratch = build from model.config (demo, tests)")] = "pretrained"
+    config: Annotated[dict[Str, Any] | None, _doc(
+        "transformers config for init: scratch, "
+        "e.g. {model_type: xlm-roberta, hidden_size: 64, num_hidden_layers: 2, ...}")] = None
+    trust_remote_code: Annotated[Bool, _doc("never on by default: it runs code from the model repo")] = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelParams:
+        if self.init == "scratch" and not self.config:
+            raise _rule("config", self.config,
+                        "a mapping with a model_type, required with model.init: scratch "
+                        "(e.g. {model_type: xlm-roberta, hidden_size: 64, ...})")
+        if self.config is not None and "model_type" not in self.config:
+            raise _rule("config", self.config, "a mapping with a model_type (e.g. xlm-roberta or bert)")
+        return self
 
     @property
     def tokenizer_source(self) -> str | None:
@@ -43,71 +95,92 @@ class ModelParams:
         return None if self.init == "scratch" else self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TokenizeParams:
-    max_seq_length: int | str = "auto"
-    stride: int = 128
-    vocab_size: int = 8000  # only used when a tokenizer is trained (init=scratch, no model.tokenizer)
+    max_seq_length: Annotated[Literal["auto"] | Annotated[Int, Field(ge=32)], _doc(
+        "auto = shortest length that fits the longest question+context pair, capped at 512 and the "
+        "model's limit; or a number of tokens (>= 32)")] = "auto"
+    stride: Annotated[Int, _doc("tokens shared by consecutive windows of a long context", ge=0)] = 128
+    vocab_size: Annotated[Int, _doc(
+        "only when a tokenizer is trained (model.init: scratch and model.tokenizer: null)", ge=1)] = 8000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class LauncherParams:
-    num_processes: int = 1
-    num_machines: int = 1
-    machine_rank: int = 0
-    main_process_ip: str | None = None
-    main_process_port: int | None = None
-    config_file: str | None = None  # an `accelerate config` file; overrides nothing else given here
-    extra_args: list[str] = field(default_factory=list)
+    num_processes: Annotated[Int, _doc("processes (GPUs) in all", ge=1)] = 1
+    num_machines: Annotated[Int, _doc("machines in all", ge=1)] = 1
+    machine_rank: Annotated[Int, _doc("this machine's rank (0 = the main one)", ge=0)] = 0
+    main_process_ip: Annotated[Str | None, _doc("the main machine's address")] = None
+    main_process_port: Annotated[
+        Annotated[Int, Field(ge=1, le=65535)] | None, _doc("the main machine's port")] = None
+    config_file: Annotated[Str | None, _doc(
+        "an `accelerate config` file; overrides nothing else given here")] = None
+    extra_args: Annotated[list[Str], _doc("more `accelerate launch` arguments")] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TrainParams:
-    learning_rate: float = 2.0e-5
-    epochs: float = 6
-    train_batch_size: int = 8
-    eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 8
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.0
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    seed: int = 42
-    max_steps: int = -1  # > 0 stops early (smoke runs); -1 = epochs decide
-    group_by_length: bool = True
-    pad_to_multiple_of: int = 8
-    attn_implementation: str | None = "sdpa"
-    torch_compile: bool = False
-    metric_for_best_model: str = "eval_loss"
-    save_total_limit: int = 2
-    logging_steps: int = 50
-    dataloader_num_workers: int = 0
-    timeout_minutes: float | None = None  # kills the training process when exceeded
-    launcher: LauncherParams = field(default_factory=LauncherParams)
+    learning_rate: Annotated[Float, _doc("peak learning rate", gt=0)] = 2.0e-5
+    epochs: Annotated[Float, _doc("training epochs", gt=0)] = 6.0
+    train_batch_size: Annotated[Int, _doc("per-device train batch size", ge=1)] = 8
+    eval_batch_size: Annotated[Int, _doc("per-device eval batch size", ge=1)] = 8
+    gradient_accumulation_steps: Annotated[Int, _doc("batches per optimizer step", ge=1)] = 8
+    weight_decay: Annotated[Float, _doc("AdamW weight decay", ge=0)] = 0.01
+    warmup_ratio: Annotated[Float, _doc("learning-rate warmup, a ratio of the optimizer steps", ge=0)] = 0.0
+    precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"], _doc(
+        "auto = bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU")] = "auto"
+    seed: Annotated[Int, _doc("random seed", ge=0)] = 42
+    max_steps: Annotated[Int, _doc(
+        "> 0 stops after that many optimizer steps (smoke runs); -1 = epochs decide")] = -1
+    group_by_length: Annotated[Bool, _doc(
+        "batches of similar length: far less padding (benchmarks/README.md)")] = True
+    pad_to_multiple_of: Annotated[Int, _doc(
+        "per-batch padding, rounded for tensor cores (0 = not rounded)", ge=0)] = 8
+    attn_implementation: Annotated[Str | None, _doc(
+        "transformers attention implementation (sdpa, eager, ...); null = the model's default")] = "sdpa"
+    torch_compile: Annotated[Bool, _doc("compile the model with torch.compile")] = False
+    metric_for_best_model: Annotated[Str, _doc("the metric that picks the best checkpoint")] = "eval_loss"
+    save_total_limit: Annotated[Int, _doc("checkpoints kept (the best one is always kept)", ge=1)] = 2
+    logging_steps: Annotated[Int, _doc("optimizer steps between log lines", ge=1)] = 50
+    dataloader_num_workers: Annotated[Int, _doc("data loader worker processes", ge=0)] = 0
+    timeout_minutes: Annotated[Annotated[Float, Field(gt=0)] | None, _doc(
+        "kill training after this long (null = no limit)")] = None
+    launcher: Annotated[LauncherParams, _EMPTY_IF_NONE, _doc(
+        "accelerate launch arguments: several GPUs / machines (README)")] = field(
+        default_factory=LauncherParams)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class EvaluateParams:
-    n_best: int = 20
-    max_answer_length: int = 30
-    no_answer_threshold: float | str = "best"  # SQuAD2 mode: a number, or best = tuned on validation
+    n_best: Annotated[Int, _doc("start and end candidates per window", ge=1)] = 20
+    max_answer_length: Annotated[Int, _doc("the longest answer, in tokens", ge=1)] = 30
+    no_answer_threshold: Annotated[Literal["best"] | Float, _doc(
+        'SQuAD2 mode: null-minus-best-span margin above which "" is predicted; '
+        "best = tuned on validation")] = "best"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RegisterParams:
-    name: str = "uqa-qa"
-    min_f1: float = 0.0
-    push_to_hub: bool = False
-    hub_repo_id: str | None = None
+    name: Annotated[Str, _doc("the registered model's name", min_length=1)] = "uqa-qa"
+    min_f1: Annotated[Float, _doc("promotion gate: the F1 (0-100) a model needs", ge=0, le=100)] = 0.0
+    push_to_hub: Annotated[Bool, _doc("seed's push_to_hub; needs HF_TOKEN")] = False
+    hub_repo_id: Annotated[Str | None, _doc("e.g. your-name/xlm-roberta-base-uqa")] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Params:
-    data: DataParams = field(default_factory=DataParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    tokenize: TokenizeParams = field(default_factory=TokenizeParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    register: RegisterParams = field(default_factory=RegisterParams)
+    data: Annotated[DataParams, _EMPTY_IF_NONE, _doc("where the data comes from, which rows are kept")] = (
+        field(default_factory=DataParams))
+    model: Annotated[ModelParams, _EMPTY_IF_NONE, _doc("the model and its tokenizer")] = field(
+        default_factory=ModelParams)
+    tokenize: Annotated[TokenizeParams, _EMPTY_IF_NONE, _doc("question+context windows")] = field(
+        default_factory=TokenizeParams)
+    train: Annotated[TrainParams, _EMPTY_IF_NONE, _doc("the training recipe")] = field(
+        default_factory=TrainParams)
+    evaluate: Annotated[EvaluateParams, _EMPTY_IF_NONE, _doc("answer extraction and metrics")] = field(
+        default_factory=EvaluateParams)
+    register: Annotated[RegisterParams, _EMPTY_IF_NONE, _doc("the registry and its promotion gate")] = field(
+        default_factory=RegisterParams)
 
     def section(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))
@@ -116,61 +189,193 @@ class Params:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(raw).__name__} ({raw!r})")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        f = fields[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{name}")
-        kwargs[name] = value
-    return cls(**kwargs)
+def section_models() -> dict[str, type]:
+    """{section name: its class}; `pydantic.TypeAdapter(cls).json_schema()` is the section's JSON schema."""
+    return {f.name: f.default_factory for f in dataclasses.fields(Params)}  # type: ignore[misc]
 
 
-def _check(p: Params, where: str) -> None:
-    def bad(key: str, msg: str) -> UserError:
-        return UserError(f"{where}: {key} {msg}")
+# ---- validation and its messages --------------------------------------------------------------------
 
-    if p.model.init not in ("pretrained", "scratch"):
-        raise bad("model.init", f"must be 'pretrained' or 'scratch', got {p.model.init!r}")
-    if p.model.init == "scratch" and not p.model.config:
-        raise bad("model.config", "is required with model.init: scratch (e.g. {model_type: xlm-roberta, hidden_size: 64, ...})")
-    if p.model.config is not None and "model_type" not in p.model.config:
-        raise bad("model.config", "needs a model_type (e.g. xlm-roberta or bert)")
-    msl = p.tokenize.max_seq_length
-    if not (msl == "auto" or (isinstance(msl, int) and not isinstance(msl, bool) and msl >= 32)):
-        raise bad("tokenize.max_seq_length", f"must be 'auto' or an integer >= 32, got {msl!r}")
-    if not isinstance(p.tokenize.stride, int) or p.tokenize.stride < 0:
-        raise bad("tokenize.stride", f"must be a non-negative integer, got {p.tokenize.stride!r}")
-    if p.train.precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise bad("train.precision", f"must be auto, bf16, fp16 or fp32, got {p.train.precision!r}")
-    for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps"):
-        v = getattr(p.train, key)
-        if not isinstance(v, int) or v < 1:
-            raise bad(f"train.{key}", f"must be a positive integer, got {v!r}")
-    if p.train.launcher.num_processes < 1:
-        raise bad("train.launcher.num_processes", "must be >= 1")
-    if p.evaluate.n_best < 1 or p.evaluate.max_answer_length < 1:
-        raise bad("evaluate", "n_best and max_answer_length must be >= 1")
-    t = p.evaluate.no_answer_threshold
-    if not (t == "best" or (isinstance(t, (int, float)) and not isinstance(t, bool))):
-        raise bad("evaluate.no_answer_threshold", f"must be 'best' or a number, got {t!r}")
+_RULE = "uqa_rule"
+
+
+def _rule(key: str, value: Any, expected: str) -> PydanticCustomError:
+    """A rule across fields, reported on `key` of the section that checks it."""
+    return PydanticCustomError(_RULE, "{expected}", {"key": key, "value": value, "expected": expected})
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[Params]:
+    return TypeAdapter(Params)
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return _adapter().json_schema()
 
 
 def params_from_dict(raw: dict[str, Any] | None, where: str = PARAMS_FILE) -> Params:
-    p = _build(Params, raw or {}, where)
-    _check(p, where)
-    return p
+    raw = _plain(raw) if raw is not None else {}
+    try:
+        return _adapter().validate_python(raw)
+    except ValidationError as exc:
+        raise UserError("\n".join(_messages(exc, raw, where))) from None
+
+
+_MISSING = object()
+
+
+def _messages(exc: ValidationError, raw: Any, where: str) -> list[str]:
+    """One line per wrong key (a union's branches give several pydantic errors for one key)."""
+    schema = _schema()
+    unknown: dict[tuple, list[str]] = {}
+    wrong: dict[tuple, str] = {}
+    for err in exc.errors(include_url=False):
+        path, node = _walk(schema, err["loc"])
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            key = str(err["loc"][len(path)])  # the first part of the location that is no known key
+            if key not in unknown.setdefault(path, []):
+                unknown[path].append(key)
+            continue
+        if err["type"] == _RULE:
+            ctx = err.get("ctx") or {}
+            key = (*path, ctx["key"])
+            wrong.setdefault(key, _got(ctx["value"], ctx["expected"]))
+            continue
+        if path not in wrong:
+            wrong[path] = _got(_lookup(raw, path), _expected(schema, node))
+    lines = []
+    for parent, keys in unknown.items():
+        _, node = _walk(schema, parent)
+        valid = list(_resolve(schema, node).get("properties", {}))
+        shown = []
+        for key in keys:
+            close = difflib.get_close_matches(key, valid, n=1)
+            shown.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        lines.append(f"{_prefix(where, parent)}unknown key(s) {', '.join(shown)}; "
+                     f"valid keys are {', '.join(valid)}")
+    lines += [f"{_prefix(where, path)}{text}" for path, text in wrong.items()]
+    return lines
+
+
+def _prefix(where: str, path: tuple) -> str:
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return f"{where}: {dotted}: " if dotted else f"{where}: "
+
+
+def _walk(schema: dict[str, Any], loc: tuple) -> tuple[tuple, dict[str, Any]]:
+    """The part of a pydantic error location that names keys (not union branches), and its schema."""
+    path: list[Any] = []
+    node = schema
+    for part in loc:
+        here = _resolve(schema, node)
+        if isinstance(part, str) and part in here.get("properties", {}):
+            node = here["properties"][part]
+        elif isinstance(part, int) and here.get("type") == "array":
+            node = here.get("items", {})
+        else:
+            break
+        path.append(part)
+    return tuple(path), node
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _lookup(raw: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return raw
+
+
+def _expected(schema: dict[str, Any], node: dict[str, Any]) -> str:
+    node = _resolve(schema, node)
+    if "anyOf" in node:
+        parts = [_expected(schema, n) for n in node["anyOf"]]
+        parts = [p for p in parts if p != "null"] + (["null"] if "null" in parts else [])
+        return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+    if "const" in node:
+        return str(node["const"])
+    if "enum" in node:
+        return "one of " + ", ".join(str(v) for v in node["enum"])
+    kind = node.get("type")
+    if kind == "null":
+        return "null"
+    if kind == "boolean":
+        return "true or false"
+    if kind == "object":
+        values = node.get("additionalProperties")
+        return f"a mapping of {_plural(_expected(schema, values))}" if isinstance(values, dict) and values \
+            else "a mapping"
+    if kind == "array":
+        return f"a list of {_plural(_expected(schema, node.get('items', {})))}"
+    if kind == "string":
+        return "a non-empty string" if node.get("minLength") else "a string"
+    noun = {"integer": "an integer", "number": "a number"}.get(kind, "a value")
+    if "minimum" in node and "maximum" in node:
+        return f"{noun} from {node['minimum']:g} to {node['maximum']:g}"
+    ops = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+    bounds = [f"{op} {node[key]:g}" for key, op in ops if key in node]
+    return " ".join([noun, *bounds])
+
+
+def _plural(expected: str) -> str:
+    """'a string or a list of strings' -> 'strings or lists of strings'."""
+    return " or ".join(re.sub(r"^an? (\w+)", r"\1s", part) for part in expected.split(" or "))
+
+
+def _got(value: Any, expected: str) -> str:
+    if value is _MISSING:
+        return f"expected {expected}"
+    got = _show(value) if value is None else f"{_show(value)} ({_kind(value)})"
+    text = f"got {got}; expected {expected}"
+    if isinstance(value, str) and _looks_unquoted(value, expected):
+        text += " (remove the quotes)"
+    elif isinstance(value, (bool, int, float)) and "a string" in expected:
+        text += " (put it in quotes)"
+    return text
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kind(value: Any) -> str:
+    for cls, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                      (dict, "a mapping"), (list, "a list")):
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _looks_unquoted(text: str, expected: str) -> bool:
+    """A quoted value that, unquoted, would have been what the key expects."""
+    text = text.strip()
+    if "true or false" in expected and text.lower() in ("true", "false"):
+        return True
+    if "an integer" in expected and re.fullmatch(r"[-+]?\d+", text):
+        return True
+    return "a number" in expected and bool(_NUMBER.fullmatch(text))
+
+
+# ---- the YAML file ---------------------------------------------------------------------------------
 
 
 def _yaml() -> YAML:
@@ -200,11 +405,18 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 
 
 def _plain(obj: Any) -> Any:
-    """ruamel's CommentedMap/Seq -> dict/list (dataclasses and hashing want plain types)."""
+    """ruamel's CommentedMap/Seq and scalar subclasses (ScalarFloat, quoted strings, ...) -> plain types."""
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_plain(v) for v in obj]
+    if obj is None or type(obj) in (str, int, float, bool):
+        return obj
+    if isinstance(obj, bool) or type(obj).__name__ == "ScalarBoolean":  # ruamel's is an int subclass
+        return bool(obj)
+    for cls in (int, float, str):
+        if isinstance(obj, cls):
+            return cls(obj)
     return obj
 
 
