@@ -1,7 +1,10 @@
 """Stage `download`: UQA (hub id, local dataset dir, or data files) -> data/raw/{train,validation}.
 
-inputs:  params data.source, data.revision
+inputs:  params data.source, data.revision; data/source.json (what the source is now: the `source` stage)
 outputs: data/raw/train, data/raw/validation (Arrow, save_to_disk), reports/download.json (provenance)
+
+A hub dataset is loaded at the commit the `source` stage resolved, so the data matches the
+fingerprint DVC recorded; local files must still hash to what the fingerprint says.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,9 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 OUT_DIR = Path("data/raw")
 REPORT = Path("reports/download.json")
+FINGERPRINT = Path("data/source.json")  # written by the `source` stage (tasks/source.py)
 PARAMS = ["data.source", "data.revision"]
-DEPS: list[str] = []
+DEPS = [str(FINGERPRINT)]
 OUTS = [str(OUT_DIR / s) for s in SPLITS]
 METRICS = [str(REPORT)]
 
@@ -60,7 +65,11 @@ def _load_split_files(split: str, files: list[str]):
         if builder is None:
             raise UserError(f"{f}: unsupported file type; use one of {', '.join(BUILDERS)}")
         try:
-            part = datasets.load_dataset(builder, data_files={split: [f]}, split=split)
+            # datasets' cache knows a local file by its mtime only: a file replaced by one with the same
+            # mtime (cp -p, rsync -a, an unpacked archive) would load stale rows under the new hashes.
+            # Read it afresh (the sizes recorded for the old content no longer apply); its sha256 is checked
+            part = datasets.load_dataset(builder, data_files={split: [f]}, split=split,
+                                         download_mode="force_redownload", verification_mode="no_checks")
         except Exception as exc:
             first = (str(exc).splitlines() or [""])[0][:300]
             raise DataError(f"{f}: could not be read as {builder}: {type(exc).__name__}: {first}") from None
@@ -70,7 +79,7 @@ def _load_split_files(split: str, files: list[str]):
 
 
 def _directory_files(path: Path) -> dict[str, list[str]]:
-    """The data files `datasets` picks for each split of a local dataset directory."""
+    """The data files `datasets` picks for each split of a local dataset directory (absolute paths)."""
     import datasets
 
     try:
@@ -85,21 +94,23 @@ def _directory_files(path: Path) -> dict[str, list[str]]:
     return {s: files[s] for s in SPLITS}
 
 
-def _file_provenance(files: dict[str, list[str]]) -> dict[str, Any]:
-    return {s: [{"path": f, "sha256": sha256_file(f)} for f in fs] for s, fs in files.items()}
+def _as_given(file: str, directory: Path) -> str:
+    """`file` (absolute, as datasets lists it) under `directory`, spelled from the directory as given."""
+    for base in (os.path.abspath(directory), os.path.realpath(directory)):
+        rel = os.path.relpath(file, base)
+        if not rel.startswith(".."):
+            return os.path.join(str(directory), rel)
+    return file
 
 
-def load_source(params: DataParams):
-    """Returns ({split: Dataset with the canonical UQA schema}, provenance dict)."""
-    import datasets
-
-    source = params.source
+def source_files(source: Any) -> tuple[str, dict[str, list[str]]] | None:
+    """("files" or "directory", {split: [file, ...]}) for a local source, paths as given (relative
+    ones stay relative); None for a hub dataset id. Raises UserError for a source that can't be one."""
     if isinstance(source, dict):
         missing = [s for s in SPLITS if s not in source]
         if missing:
             raise UserError(f"data.source: give files for the splits {', '.join(SPLITS)} (missing: {', '.join(missing)})")
-        files = {s: _files_for(source[s], f"data.source.{s}") for s in SPLITS}
-        return {s: _load_split_files(s, files[s]) for s in SPLITS}, {"kind": "files", "files": _file_provenance(files)}
+        return "files", {s: _files_for(source[s], f"data.source.{s}") for s in SPLITS}
     if not isinstance(source, str) or not source:
         raise UserError(f"data.source: expected a hub id, a directory or {{split: files}}, got {source!r}")
     path = Path(source).expanduser()
@@ -109,15 +120,51 @@ def load_source(params: DataParams):
             f"{{train: {source}, validation: path/to/validation{path.suffix}}}"
         )
     if path.is_dir():
-        files = _directory_files(path)
-        return (
-            {s: _load_split_files(s, files[s]) for s in SPLITS},
-            {"kind": "directory", "files": _file_provenance(files)},
-        )
+        return "directory", {s: [_as_given(f, path) for f in fs] for s, fs in _directory_files(path).items()}
     if looks_local(source):
         raise UserError(f"data.source: {source!r} does not exist")
+    return None
+
+
+def file_fingerprints(files: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """{split: [{path, size, sha256}, ...]}: every file that will be read, by content."""
+    return {s: [{"path": f, "size": os.path.getsize(f), "sha256": sha256_file(f)} for f in fs]
+            for s, fs in files.items()}
+
+
+def _check_unchanged(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    """The files read now are the ones the fingerprint (data/source.json) describes, byte for byte."""
+    if expected == actual:
+        return
+    for split in SPLITS:
+        want = {e["path"]: e for e in expected.get(split, [])}
+        have = {e["path"]: e for e in actual.get(split, [])}
+        for path in sorted(set(want) | set(have)):
+            if want.get(path) != have.get(path):
+                raise UserError(f"{path} changed while the run was in progress; run again")
+    raise UserError(f"{', '.join(f['path'] for fs in actual.values() for f in fs)} changed while the run was in "
+                    "progress; run again")
+
+
+def load_source(params: DataParams, fingerprint: dict[str, Any] | None = None):
+    """Returns ({split: Dataset with the canonical UQA schema}, provenance dict).
+
+    `fingerprint` (data/source.json, from the `source` stage): a hub dataset is loaded at its
+    resolved commit, and local files must hash to what it records."""
+    import datasets
+
+    source = params.source
+    local = source_files(source)
+    if local is not None:
+        kind, files = local
+        splits = {s: _load_split_files(s, files[s]) for s in SPLITS}
+        hashes = file_fingerprints(files)  # after reading: a file replaced meanwhile no longer matches
+        if fingerprint is not None:
+            _check_unchanged(fingerprint.get("files") or {}, hashes)
+        return splits, {"kind": kind, "files": hashes}
+    resolved = (fingerprint or {}).get("resolved_revision")
     try:
-        ds = datasets.load_dataset(source, revision=params.revision)
+        ds = datasets.load_dataset(source, revision=resolved or params.revision)
     except Exception as exc:  # offline, unreachable, not found, gated
         raise hub_error("dataset", source, exc, "data.source") from None
     missing = [s for s in SPLITS if s not in ds]
@@ -127,7 +174,8 @@ def load_source(params: DataParams):
     for split in SPLITS:
         check_schema(ds[split].data.table.schema, f"{source} [{split}]")
         out[split] = datasets.Dataset(conform(ds[split].data.table))
-    provenance = {"kind": "hub", "revision": params.revision, "resolved_revision": _hub_sha(source, params.revision)}
+    provenance = {"kind": "hub", "revision": params.revision,
+                  "resolved_revision": resolved or _hub_sha(source, params.revision)}
     return out, provenance
 
 
@@ -140,11 +188,12 @@ def _hub_sha(repo_id: str, revision: str | None) -> str | None:
         return None
 
 
-def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = REPORT) -> dict[str, Any]:
+def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = REPORT,
+             fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load both splits, check their schema, save them as Arrow; return the provenance record."""
     import datasets
 
-    splits, provenance = load_source(params)
+    splits, provenance = load_source(params, fingerprint)
     rows = {}
     for split in SPLITS:
         with atomic_dir(Path(out_dir) / split) as tmp:
@@ -158,7 +207,9 @@ def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = RE
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
-    return download(params.data)
+    from tasks.source import current_fingerprint
+
+    return download(params.data, fingerprint=current_fingerprint(params.data, FINGERPRINT))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from conftest import UQA_DIR, UQA_HUB, needs_shared
 
 from tasks.download import download, load_source
 from tasks.filter import REASONS, check_row, filter_rows
+from tasks.source import check_source, current_fingerprint
 from uqa.errors import DataError, UserError
 from uqa.params import DataParams
 
@@ -69,6 +72,40 @@ def test_mistyped_column_names_file_and_column(tmp_path):
     bad = _write(tmp_path, [{**ROW, "answer_start": "six"}], "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet: column 'answer_start' has type string, expected int64"):
         load_source(DataParams(source={"train": str(bad), "validation": str(bad)}))
+
+
+def test_download_reads_what_the_fingerprint_describes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, [ROW, {**ROW, "id": "q2"}])
+    params = DataParams(source={"train": "train.parquet", "validation": "train.parquet"})
+    fingerprint = check_source(params)  # the `source` stage, earlier in the same run
+    record = download(params, tmp_path / "raw", tmp_path / "d.json", fingerprint=fingerprint)
+    assert record["files"] == fingerprint["files"]
+    assert record["files"]["train"][0]["path"] == "train.parquet" and record["files"]["train"][0]["size"] > 0
+
+    _write(tmp_path, [ROW])  # replaced between the source stage and download
+    with pytest.raises(UserError, match=r"^train\.parquet changed while the run was in progress; run again$"):
+        download(params, tmp_path / "raw", tmp_path / "d.json", fingerprint=fingerprint)
+
+
+def test_a_file_replaced_with_the_same_mtime_is_read_afresh(tmp_path):
+    path = _write(tmp_path, [ROW, {**ROW, "id": "q2"}, {**ROW, "id": "q3"}])
+    params = DataParams(source={"train": str(path), "validation": str(path)})
+    assert len(load_source(params)[0]["train"]) == 3
+    stat = path.stat()
+    _write(tmp_path, [ROW])  # new content, old mtime (cp -p, rsync -a, an unpacked archive)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    splits, provenance = load_source(params)
+    assert len(splits["train"]) == 1
+    assert provenance["files"]["train"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_refuses_a_fingerprint_of_another_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, [ROW])
+    check_source(DataParams(source={"train": "train.parquet", "validation": "train.parquet"}))
+    with pytest.raises(UserError, match=r"data/source\.json describes the source .*run the `source` stage first"):
+        current_fingerprint(DataParams(source="uqa/UQA"))
 
 
 def test_hub_unreachable_is_a_clear_message():

@@ -32,7 +32,16 @@ def test_stage_declarations_match(stage):
 
 def test_stage_order_is_a_chain():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(spec) == [s.name for s in STAGES] == ["download", "filter", "tokenize", "train", "evaluate", "register"]
+    assert list(spec) == [s.name for s in STAGES] == ["source", "download", "filter", "tokenize", "train", "evaluate",
+                                                     "register"]
+
+
+def test_source_stage_always_runs_and_download_depends_on_it():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert spec["source"]["always_changed"] is True
+    fingerprint = spec["source"]["outs"][0]["data/source.json"]
+    assert fingerprint == {"cache": False, "persist": True}  # kept as it is when the Hub is unreachable
+    assert "data/source.json" in _paths(spec["download"]["deps"])
 
 
 def test_registry_artifact_declared():
