@@ -11,20 +11,23 @@ that started it, and the same command scales to several GPUs or machines (train.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from tasks.train_worker import PARAMS_ENV
+from tasks.train_worker import PARAMS_ENV, PROGRESS_PREFIX
 from uqa.errors import UserError
 from uqa.params import PARAMS_FILE, LauncherParams, Params
+from uqa.procs import SUPERVISOR_ENV, die_with_parent, stop_tree, supervisor_token
 
 log = logging.getLogger(__name__)
 
@@ -67,45 +70,76 @@ def _hint(tail: list[str]) -> str:
     return ""
 
 
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: the whole tree is gone well within 10 s
+
+
 def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env: dict[str, str] | None = None) -> int:
-    """Run `cmd` in its own process group, tee its output to `log_file` and our logger, enforce the timeout."""
+    """Run `cmd` in its own session, tee its output to `log_file` and our logger, enforce the timeout.
+
+    On every way out (normal exit, timeout, Ctrl-C, SIGTERM, a Prefect cancellation, any exception
+    here) the launcher and every rank are stopped before this returns or raises; if this process is
+    SIGKILLed, the launcher (parent-death signal) and the ranks (they watch $UQA_SUPERVISOR) follow."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=40)
+    latest: dict[str, Any] = {}
+    env = dict(os.environ if env is None else env)
+    env[SUPERVISOR_ENV] = supervisor_token()
+    writing = threading.Event()
+    writing.set()
     with open(log_file, "w", encoding="utf-8") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            start_new_session=True, env=env,
+            start_new_session=True, env=env, preexec_fn=die_with_parent,
         )
 
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
+                if not writing.is_set():
+                    break  # the supervisor has moved on and closed the log
+                if line.startswith(PROGRESS_PREFIX):
+                    with contextlib.suppress(ValueError):
+                        latest["progress"] = json.loads(line[len(PROGRESS_PREFIX):])
+                    continue
                 fh.write(line)
                 fh.flush()
                 tail.append(line.rstrip())
                 log.info("train | %s", line.rstrip())
 
-        reader = threading.Thread(target=pump, daemon=True)
+        reader = threading.Thread(target=pump, name="uqa-train-log", daemon=True)
         reader.start()
         deadline = None if not timeout_s else time.monotonic() + timeout_s
         timed_out = False
-        while proc.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.2)
-        proc.wait()
-        reader.join(5)
+        reporter = progress_reporter.get() or TerminalProgress()
+        shown = None
+        try:
+            while proc.poll() is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                if latest.get("progress") is not shown:  # reported from this thread: it has the run context
+                    shown = latest["progress"]
+                    reporter(shown)
+                time.sleep(0.2)
+        except BaseException as exc:  # Ctrl-C, SIGTERM, Prefect's TerminationSignal/cancellation
+            stopped = stop_tree(proc.pid, STOP_GRACE_S)
+            log.error("train: interrupted (%s); stopped the training processes (%d);%s",
+                      type(exc).__name__, stopped, _resume_hint())
+            raise
+        finally:
+            stop_tree(proc.pid, STOP_GRACE_S)  # nothing may outlive the stage (timeout, stray ranks)
+            proc.wait()
+            reader.join(5)
+            writing.clear()
+            if latest.get("progress") is not shown:
+                reporter(latest["progress"])
+            reporter.close()
     if timed_out:
         raise TrainingFailed(
-            f"training exceeded train.timeout_minutes ({timeout_s / 60:g} min) and was stopped; "
-            f"checkpoints saved so far are resumed on the next run. Log: {log_file}"
+            f"training exceeded train.timeout_minutes ({timeout_s / 60:g} min) and was stopped;"
+            f"{_resume_hint()} Log: {log_file}"
         )
     if proc.returncode != 0:
         # the recipe reports bad params or inputs as one "error: ..." line; show that, not the
@@ -121,9 +155,57 @@ def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env:
     return proc.returncode
 
 
-def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_FILE) -> dict[str, Any]:
-    import json
+def describe_progress(p: dict[str, Any]) -> str:
+    """'step 120/300 (epoch 1.6), ETA 1m20s, loss 1.234' from a UQA_PROGRESS record."""
+    step, total, first = p.get("step", 0), p.get("total", 0), p.get("first_step", 0)
+    text = f"step {step}/{total} (epoch {p.get('epoch', 0):g})"
+    done = step - first
+    if 0 < done and step < total:
+        eta = (total - step) * p.get("elapsed_s", 0.0) / done
+        text += f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    if p.get("loss") is not None:
+        text += f", loss {p['loss']:.4g}"
+    return text
 
+
+class TerminalProgress:
+    """A progress bar on the terminal (only on one: a log file gets no bar)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=p.get("total") or None, desc="train", unit="step", file=sys.stderr, leave=False)
+        self.bar.n = p.get("step", 0)
+        if p.get("loss") is not None:
+            self.bar.set_postfix(loss=f"{p['loss']:.4g}", epoch=p.get("epoch"), refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# who is told about training progress: the flow sets a reporter that also updates a Prefect
+# progress artifact (flows/pipeline.py); `dvc repro` gets the terminal bar
+progress_reporter: ContextVar[Any] = ContextVar("uqa_train_progress", default=None)
+
+
+def _resume_hint() -> str:
+    from tasks.train_worker import CHECKPOINT_DIR, complete_checkpoints
+
+    ckpts = complete_checkpoints(CHECKPOINT_DIR)
+    if ckpts:
+        return f" the next run with the same params and data resumes from {ckpts[-1]}."
+    return " no complete checkpoint yet: the next run starts from the beginning."
+
+
+def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_FILE) -> dict[str, Any]:
     for dep in DEPS:
         if not Path(dep).exists():
             raise UserError(f"{dep} is missing: run the tokenize stage first (dvc repro tokenize)")

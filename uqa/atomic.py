@@ -1,11 +1,14 @@
 """Atomic writes: a killed run never leaves an output that a later run mistakes for complete.
 
 Every output is written next to its final path under a temporary name and renamed into place
-in one step (rename is atomic on POSIX within a filesystem)."""
+in one step (rename is atomic on POSIX within a filesystem). A writer killed with SIGKILL leaves
+its temporary sibling behind; the next write of the same output removes it (one run at a time
+holds a workspace: uqa/stages.py). A full disk is one clear error, and the previous output stays."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,9 +17,40 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from uqa.errors import UserError
+from uqa.faults import failpoint
+
+
+class DiskFull(UserError):
+    """No space left while writing an output; the previous version of it is untouched."""
+
+
+def remove_leftovers(final: Path) -> None:
+    """Temporary siblings of `final` left by a writer that was killed (`.NAME.*.tmp`, `.NAME.old-*`)."""
+    for pattern in (f".{final.name}.*.tmp", f".{final.name}.old-*"):
+        for stale in final.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _disk_full_is_clear(final: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC and "No space left on device" not in str(exc):
+            raise
+        free = shutil.disk_usage(final.parent).free / 2**20
+        previous = "the previous version is intact" if final.exists() else "nothing was written"
+        raise DiskFull(f"no space left on the device while writing {final} ({free:.1f} MiB free there; "
+                       f"{previous}): free some space and run again") from None
+
 
 def _tmp_sibling(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
 
 
@@ -26,8 +60,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     tmp = _tmp_sibling(final, ".tmp")
     try:
-        yield tmp
+        with _disk_full_is_clear(final):
+            yield tmp
+        failpoint("write.before_rename", at=final.name)
         replace_dir(tmp, final)
+        failpoint("write.after_rename", at=final.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -52,14 +89,17 @@ def replace_dir(src: Path, final: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with _disk_full_is_clear(final), os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
+        failpoint("write.before_rename", at=final.name)
         os.replace(tmp, final)
+        failpoint("write.after_rename", at=final.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -79,12 +119,16 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path for a writer that wants a path (e.g. parquet); renamed on success."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        with _disk_full_is_clear(final):
+            yield Path(tmp)
         os.chmod(tmp, 0o644)
+        failpoint("write.before_rename", at=final.name)
         os.replace(tmp, final)
+        failpoint("write.after_rename", at=final.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

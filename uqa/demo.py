@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ def prepare_workspace(workdir: Path) -> Path:
             raise UserError(f"{needed} not found: `uqa demo` needs the project checkout (pip install -e .)")
     workdir = workdir.resolve()
     if (workdir / "dvc.yaml").exists():
+        # the stages are the project's: a workspace made by an older checkout gets the current ones
+        if (workdir / "dvc.yaml").read_bytes() != (PROJECT_ROOT / "dvc.yaml").read_bytes():
+            shutil.copy2(PROJECT_ROOT / "dvc.yaml", workdir / "dvc.yaml")
         return workdir
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(PROJECT_ROOT / "dvc.yaml", workdir / "dvc.yaml")
@@ -56,19 +60,23 @@ def prepare_workspace(workdir: Path) -> Path:
     _run(["git", "init", "-q"], workdir)
     _run(["git", "config", "user.name", "uqa demo"], workdir)
     _run(["git", "config", "user.email", "uqa-demo@localhost"], workdir)
-    _run(["dvc", "init", "-q"], workdir)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], workdir)
     copy_dvc_settings(workdir)
     _run(["git", "add", "-A"], workdir)
     _run(["git", "commit", "-q", "-m", "uqa demo workspace"], workdir)
     return workdir
 
 
-def run_demo(workdir: Path = DEFAULT_WORKDIR, overrides: list[str] | None = None):
+def run_demo(workdir: Path = DEFAULT_WORKDIR, overrides: list[str] | None = None, wait_for_lock_minutes: float = 0.0):
     """Runs the flow in the demo workspace; returns the flow run's final state."""
     from flows.pipeline import uqa_pipeline
+    from uqa.params import apply_overrides
 
     workspace = prepare_workspace(workdir)
-    return uqa_pipeline(project_dir=str(workspace), overrides=_as_mapping(overrides), return_state=True)
+    # the demo workspace is the demo's own project: its -S settings are its params (a run of the
+    # flow with overrides would be an experiment instead, leaving params.yaml as it is)
+    apply_overrides(workspace / "params.yaml", _as_mapping(overrides))
+    return uqa_pipeline(project_dir=str(workspace), wait_for_lock_minutes=wait_for_lock_minutes, return_state=True)
 
 
 def _as_mapping(overrides: list[str] | None) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ from typing import Any
 
 from uqa.errors import UserError
 from uqa.params import PARAMS_FILE, Params, load_params
+from uqa.procs import sigterm_as_interrupt
+from uqa.runtime import apply_runtime_defaults
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -26,11 +28,17 @@ def stage_main(name: str, run: Callable[[Params, str], Any], argv: list[str] | N
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
+    apply_runtime_defaults()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
-        params = load_params(args.params)
-        run(params, args.params)
+        with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: child processes stopped, temp outputs removed
+            params = load_params(args.params)
+            run(params, args.params)
     except UserError as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"error: {name}: interrupted ({exc or 'Ctrl-C'}); nothing partial was kept, run it again to continue",
+              file=sys.stderr)
+        return 130
     return 0

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from uqa.atomic import atomic_write_json
+from uqa.errors import UserError
 from uqa.params import Params
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
@@ -32,7 +40,7 @@ class Stage:
 
 
 STAGES: list[Stage] = [Stage(name, f"tasks.{name}") for name in
-                       ("download", "filter", "tokenize", "train", "evaluate", "register")]
+                       ("source", "download", "filter", "tokenize", "train", "evaluate", "register")]
 BY_NAME = {s.name: s for s in STAGES}
 
 
@@ -46,28 +54,135 @@ def working_dir(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def dvc_status(root: Path, stage: str) -> dict[str, Any]:
-    """{} when the stage is up to date with dvc.lock, else DVC's description of what changed."""
+HOLDER_FILE = Path(".dvc/tmp/uqa-run.json")  # who holds the workspace lock (DVC's own lock file holds a pid)
+_HELD: dict[Path, Any] = {}  # project root -> the DVC Repo whose lock this process holds for a whole run
+
+
+class WorkspaceBusy(UserError):
+    """Another run (a flow, `dvc repro`, `dvc exp run`) holds this workspace."""
+
+
+def describe_holder(root: Path) -> str:
+    """pid, host, start time and command of the process holding DVC's repo lock in `root`."""
+    import socket
+
+    import psutil
+
+    lock_file = Path(root) / ".dvc/tmp/lock"
+    try:
+        pid = int(lock_file.read_text().strip())
+    except (OSError, ValueError):
+        return f"unknown holder (see {lock_file})"
+    try:
+        info = json.loads((Path(root) / HOLDER_FILE).read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("pid") == pid:
+        return (f"{info.get('command')} (pid {pid} on {info.get('host')}, started {info.get('started')}"
+                + (f", flow run {info['flow_run']}" if info.get("flow_run") else "") + ")")
+    try:
+        proc = psutil.Process(pid)
+        started = datetime.fromtimestamp(proc.create_time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{' '.join(proc.cmdline()[:6])} (pid {pid} on {socket.gethostname()}, started {started})"
+    except psutil.Error:
+        return f"pid {pid} (no longer running)"
+
+
+@contextlib.contextmanager
+def locked_workspace(root: Path, wait_s: float = 0.0, command: str = "uqa run",
+                     flow_run: str | None = None) -> Iterator[None]:
+    """Hold DVC's repo lock on `root` for a whole run: a second flow, `dvc repro` or `dvc exp run`
+    in the same workspace cannot start meanwhile (they fail at once, or this waits up to `wait_s`).
+
+    The lock is an flock: the kernel releases it when its holder dies, however it dies, so a
+    killed run never leaves a lock behind. Every DVC call of the run (dvc_status, dvc_commit, ...)
+    goes through the Repo opened here."""
+    import socket
+
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
+    root = Path(root).resolve()
+    deadline = time.monotonic() + wait_s
+    told = False
+    with working_dir(root):
+        repo = Repo(str(root))
+        try:
+            while True:
+                holding = lock_repo(repo)
+                try:
+                    holding.__enter__()
+                    break
+                except LockError:
+                    holder = describe_holder(root)
+                    if time.monotonic() >= deadline:
+                        raise WorkspaceBusy(
+                            f"{root} is in use by another run: {holder}. This run was not started; "
+                            "wait for that one to finish (or pass a wait time, e.g. uqa run --wait 60)."
+                        ) from None
+                    if not told:
+                        log.warning("waiting up to %.0f s for the workspace lock, held by %s", wait_s, holder)
+                        told = True
+                    time.sleep(2)
+            stale = _read_holder(root)
+            if stale and stale.get("pid") != os.getpid():
+                log.warning("a previous run (%s, pid %s, started %s) ended without finishing; its lock was "
+                            "released when it died", stale.get("command"), stale.get("pid"), stale.get("started"))
+            atomic_write_json(root / HOLDER_FILE, {
+                "pid": os.getpid(), "host": socket.gethostname(), "command": command, "flow_run": flow_run,
+                "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            })
+            _HELD[root] = repo
+            try:
+                yield
+            finally:
+                _HELD.pop(root, None)
+                (root / HOLDER_FILE).unlink(missing_ok=True)
+                holding.__exit__(None, None, None)
+        finally:
+            repo.close()
+
+
+def _read_holder(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / HOLDER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def dvc_repo(root: Path) -> Iterator[Any]:
+    """The Repo of the run that holds `root`'s lock in this process, else a fresh one (which takes
+    DVC's lock for each call, as the dvc CLI does)."""
     from dvc.repo import Repo
 
-    with working_dir(root), Repo(str(root)) as repo:  # DVC resolves stage names against the cwd
+    root = Path(root).resolve()
+    with working_dir(root):  # DVC resolves stage names against the cwd
+        held = _HELD.get(root)
+        if held is not None:
+            held._reset()  # what DVC does on each lock acquisition: re-read dvc.yaml/dvc.lock
+            yield held
+            return
+        with Repo(str(root)) as repo:
+            yield repo
+
+
+def dvc_status(root: Path, stage: str) -> dict[str, Any]:
+    """{} when the stage is up to date with dvc.lock, else DVC's description of what changed."""
+    with dvc_repo(root) as repo:
         return repo.status(targets=[stage])
 
 
 def dvc_commit(root: Path, stage: str) -> None:
     """Record the stage's deps, params and outs in dvc.lock (and its outs in the DVC cache)."""
-    from dvc.repo import Repo
-
-    with working_dir(root), Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         repo.commit(stage, force=True)
 
 
 def dvc_checkout(root: Path, stage: str) -> bool:
     """Restore a stage's outputs from the DVC cache when dvc.lock is current but files are missing."""
-    from dvc.repo import Repo
-
     try:
-        with working_dir(root), Repo(str(root)) as repo:
+        with dvc_repo(root) as repo:
             repo.checkout(targets=[stage])
         return not dvc_status(root, stage)
     except Exception:
@@ -76,9 +191,7 @@ def dvc_checkout(root: Path, stage: str) -> bool:
 
 def dvc_push(root: Path) -> int | None:
     """`dvc push` to the default remote; None when no default remote is configured."""
-    from dvc.repo import Repo
-
-    with working_dir(root), Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         if not repo.config.get("core", {}).get("remote"):
             return None
         return repo.push()

@@ -1,0 +1,114 @@
+"""The Prefect API a `uqa` command reports to: the user's, or a temporary local server we own.
+
+Without an API URL, Prefect would start its own temporary server as a child in *our* process group:
+the terminal's Ctrl-C then kills that server at the same moment as the flow, which is left retrying
+to report its Crashed state to nobody (the command hung for 30 s and more). The server started here
+runs in its own session (Ctrl-C reaches only `uqa`, which records the interruption and then stops
+the server), with a parent-death signal (a SIGKILLed `uqa` does not leave it behind), and waits as
+long as a brand-new PREFECT_HOME needs to create its database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from uqa.errors import UserError
+from uqa.procs import die_with_parent, stop_tree
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configured_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the API URL to use; a temporary server is started (and always stopped) when none is set."""
+    url = configured_api_url()
+    if url:
+        yield url
+        return
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    server_log = Path(tempfile.mkstemp(prefix="uqa-prefect-server-", suffix=".log")[1])
+    print(f"Starting a temporary Prefect server on {url.removesuffix('/api')} (set PREFECT_API_URL to use your own)",
+          file=sys.stderr, flush=True)
+    with open(server_log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+             "--no-services", "--no-ui"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent, env=dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED=os.environ.get(
+                "PREFECT_SERVER_ANALYTICS_ENABLED", "false")),
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = server_log.read_text(errors="replace")[-1500:]
+                why = f"exited with status {proc.returncode}" if proc.poll() is not None else f"not healthy after {timeout:g} s"
+                raise UserError(f"the temporary Prefect server {why} (raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
+                                f"or start one with `prefect server start` and set PREFECT_API_URL). Its log:\n{tail}")
+            time.sleep(0.3)
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # for processes we start (workers, the CLI)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                try:
+                    yield url
+                finally:
+                    _drain_logs()
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+    finally:
+        stop_tree(proc.pid, grace_s=5)
+        server_log.unlink(missing_ok=True)
+
+
+def _drain_logs() -> None:
+    """Deliver the run's last log lines and events while the server is still there."""
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10)
