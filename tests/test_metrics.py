@@ -1,15 +1,20 @@
 """Hand-computed tests for uqa.metrics (official SQuAD v2.0 semantics + Urdu normalizer).
 
 Every expected value below was worked out by hand (the arithmetic is in the comments); none is
-produced by the code under test. F1 literals with 4 decimals are compared with abs=1e-4.
+produced by the code under test. F1 literals with 4 decimals are compared with abs=1e-4. At the end, a
+differential test against an independent transcription of the official evaluate-v2.0.py on
+thousands of random English/Urdu/punctuation cases (and real UQA answers when ../shared has them).
 """
 
 from __future__ import annotations
 
 import pytest
+from conftest import UQA_DIR
 
 from uqa.metrics import (
     NORMALIZERS,
+    apply_margin_threshold,
+    best_margin_threshold,
     compute_exact,
     compute_f1,
     find_best_thresh,
@@ -425,3 +430,381 @@ def test_bad_reference_inputs():
         squad_v2_evaluate({}, {})
     with pytest.raises(TypeError):
         squad_v2_evaluate({"q1": "Paris"}, {"q1": "Paris"})
+
+
+# ----------------------------------------------------------------------------------------------
+# best_margin_threshold: the no-answer threshold over logit margins (the pipeline's tuning)
+# ----------------------------------------------------------------------------------------------
+
+
+def _applied_f1(preds, refs, margins, threshold):
+    """F1 (0..100) of the predictions with "" wherever margin > threshold, by squad_v2_evaluate."""
+    applied = {q: ("" if margins[q] > threshold else p) for q, p in preds.items()}
+    return squad_v2_evaluate(applied, refs)["f1"]
+
+
+def _tune(preds, refs, margins, which=1):
+    answer = {q: question_scores(preds[q], refs[q])[which] for q in refs}
+    null = {q: question_scores("", refs[q])[which] for q in refs}
+    return answer, null, best_margin_threshold(answer, null, margins)
+
+
+# q1, q2 answerable and answered right; q3, q4 unanswerable (answered: wrong, "": right)
+REFS_M = {"q1": ["Paris"], "q2": ["Rome"], "q3": [], "q4": []}
+PREDS_M = {"q1": "Paris", "q2": "Rome", "q3": "Oslo", "q4": "Bern"}
+
+
+def test_margin_threshold_all_negative_margins():
+    # the issue's case: every margin < 0. The official search starts at 0.0, which answers everything.
+    margins = {"q1": -9.0, "q2": -8.0, "q3": -2.0, "q4": -1.0}
+    _, _, (best, thresh) = _tune(PREDS_M, REFS_M, margins)
+    # answer q1, q2 (margin <= -8), "" for q3, q4 -> 4/4; the cut lies between -8 and -2
+    assert best == 100.0 and -8.0 <= thresh < -2.0 and thresh == -5.0
+    assert _applied_f1(PREDS_M, REFS_M, margins, thresh) == best
+    official_best, official_thresh = find_best_thresh(PREDS_M, {q: question_scores(PREDS_M[q], REFS_M[q])[1]
+                                                                for q in REFS_M}, margins,
+                                                      {q: bool(r) for q, r in REFS_M.items()})
+    assert official_best == 100.0 and official_thresh == -8.0  # the official value, for contrast
+    assert _applied_f1(PREDS_M, REFS_M, margins, 0.0) == 50.0  # what 0.0 would have given
+
+
+def test_margin_threshold_all_positive_margins():
+    margins = {"q1": 1.0, "q2": 2.0, "q3": 5.0, "q4": 7.0}
+    _, _, (best, thresh) = _tune(PREDS_M, REFS_M, margins)
+    assert best == 100.0 and 2.0 <= thresh < 5.0 and thresh == 3.5
+    assert _applied_f1(PREDS_M, REFS_M, margins, thresh) == best
+
+
+def test_margin_threshold_no_answer_everywhere_is_best():
+    # answering anything only costs: q1 wrong span, q3/q4 unanswerable. "" everywhere: 3/4 (q1: 0)
+    refs = {"q1": ["Paris"], "q2": [], "q3": [], "q4": []}
+    preds = {"q1": "Lyon", "q2": "Oslo", "q3": "Bern", "q4": "Rome"}
+    margins = {"q1": -3.0, "q2": -2.5, "q3": 0.5, "q4": 4.0}
+    _, _, (best, thresh) = _tune(preds, refs, margins)
+    assert best == 75.0
+    assert thresh < -3.0  # below every margin: "" everywhere
+    assert _applied_f1(preds, refs, margins, thresh) == best
+    # the official search reports 0.0 for this (its start), which answers q1 and q2 (both wrong):
+    # q3, q4 right -> 2/4
+    assert find_best_thresh(preds, {q: 0.0 for q in refs}, margins, {q: bool(r) for q, r in refs.items()}) == (
+        75.0, 0.0)
+    assert _applied_f1(preds, refs, margins, 0.0) == 50.0
+
+
+def test_margin_threshold_answer_everywhere_is_best():
+    refs = {"q1": ["Paris"], "q2": ["Rome"], "q3": ["Oslo"]}
+    preds = {"q1": "Paris", "q2": "Rome", "q3": "Oslo"}
+    margins = {"q1": 3.0, "q2": -1.0, "q3": 9.5}
+    _, _, (best, thresh) = _tune(preds, refs, margins)
+    assert best == 100.0 and thresh >= 9.5
+    assert _applied_f1(preds, refs, margins, thresh) == best
+
+
+def test_margin_threshold_ties_fall_on_one_side():
+    # q1 (right) and q3 (unanswerable, answered) share margin 0.0: no threshold separates them.
+    # The official sweep steps through q1 alone and reports 75 @ 0.0, which cannot be applied.
+    refs = {"q1": ["Paris"], "q2": ["Rome"], "q3": [], "q4": []}
+    preds = {"q1": "Paris", "q2": "Lyon", "q3": "Oslo", "q4": "Bern"}
+    margins = {"q1": 0.0, "q3": 0.0, "q2": 1.0, "q4": 2.0}
+    has = {q: bool(r) for q, r in refs.items()}
+    raw = {q: question_scores(preds[q], refs[q])[1] for q in refs}
+    assert find_best_thresh(preds, raw, margins, has) == (75.0, 0.0)
+    assert _applied_f1(preds, refs, margins, 0.0) == 50.0  # applied, the official "best" is not reached
+    _, _, (best, thresh) = _tune(preds, refs, margins)
+    assert best == 50.0  # "" everywhere: q3, q4 right; answering q1+q3 together: +1 -1
+    assert _applied_f1(preds, refs, margins, thresh) == best
+    assert thresh < 0.0  # equally good cuts: the one with the most "" (as the official prefers)
+
+
+def test_margin_threshold_infinite_margins_and_exact_equality():
+    # +inf: no span in any window (always ""), and F1 fractions: the score is reproduced to the last bit
+    refs = {"q1": ["Barack Obama"], "q2": ["one two three four five"], "q3": [], "q4": ["Paris"]}
+    preds = {"q1": "Obama", "q2": "four five six", "q3": "", "q4": ""}
+    margins = {"q1": -0.3, "q2": 0.7, "q3": 0.1, "q4": float("inf")}
+    answer, null, (best, thresh) = _tune(preds, refs, margins)
+    assert best == approx(100 * (2 / 3 + 0.5 + 1) / 4)
+    assert apply_margin_threshold(answer, null, margins, thresh) == best
+    assert _applied_f1(preds, refs, margins, thresh) == best
+    # no finite margin at all: the threshold changes nothing
+    inf = {q: float("inf") for q in refs}
+    assert best_margin_threshold(answer, null, inf) == (apply_margin_threshold(answer, null, inf, 0.0), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_margin_threshold_is_the_best_of_every_cut(seed):
+    """Random margins (with ties): no threshold does better, and the chosen one gives the best exactly."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    qids = [f"q{i}" for i in range(n)]
+    answer = {q: rng.choice([0.0, 1.0, rng.random()]) for q in qids}
+    null = {q: float(rng.random() < 0.4) for q in qids}
+    margins = {q: rng.choice([round(rng.uniform(-8, 8), 1), float(rng.randint(-3, 3))]) for q in qids}
+    best, thresh = best_margin_threshold(answer, null, margins)
+    assert apply_margin_threshold(answer, null, margins, thresh) == best
+    candidates = [-1e9, 1e9] + [m + d for m in margins.values() for d in (-1e-6, 0.0, 1e-6)]
+    assert max(apply_margin_threshold(answer, null, margins, t) for t in candidates) == approx(best)
+
+
+# ----------------------------------------------------------------------------------------------
+# Differential test: an independent transcription of the official evaluate-v2.0.py
+# ----------------------------------------------------------------------------------------------
+# The functions below are written from the official SQuAD v2.0 script (evaluate-v2.0.py, public,
+# ~300 lines), kept as close to its text as Python 3 allows; nothing here imports uqa.metrics.
+
+
+def _official_normalize_answer(s):
+    """Lower text and remove punctuation, articles and extra whitespace."""
+    import re
+    import string
+
+    def remove_articles(text):
+        regex = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+        return re.sub(regex, " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+def _official_get_tokens(s):
+    if not s:
+        return []
+    return _official_normalize_answer(s).split()
+
+
+def _official_compute_exact(a_gold, a_pred):
+    return int(_official_normalize_answer(a_gold) == _official_normalize_answer(a_pred))
+
+
+def _official_compute_f1(a_gold, a_pred):
+    import collections
+
+    gold_toks = _official_get_tokens(a_gold)
+    pred_toks = _official_get_tokens(a_pred)
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        # If either is no-answer, then F1 is 1 if they agree, 0 otherwise
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_toks)
+    recall = 1.0 * num_same / len(gold_toks)
+    f1 = (2 * precision * recall) / (precision + recall)
+    return f1
+
+
+def _official_get_raw_scores(dataset, preds):
+    exact_scores = {}
+    f1_scores = {}
+    for article in dataset:
+        for p in article["paragraphs"]:
+            for qa in p["qas"]:
+                qid = qa["id"]
+                gold_answers = [a["text"] for a in qa["answers"] if _official_normalize_answer(a["text"])]
+                if not gold_answers:
+                    # For unanswerable questions, only correct answer is empty string
+                    gold_answers = [""]
+                if qid not in preds:
+                    continue
+                a_pred = preds[qid]
+                # Take max over all gold answers
+                exact_scores[qid] = max(_official_compute_exact(a, a_pred) for a in gold_answers)
+                f1_scores[qid] = max(_official_compute_f1(a, a_pred) for a in gold_answers)
+    return exact_scores, f1_scores
+
+
+def _official_apply_no_ans_threshold(scores, na_probs, qid_to_has_ans, na_prob_thresh):
+    new_scores = {}
+    for qid, s in scores.items():
+        pred_na = na_probs[qid] > na_prob_thresh
+        if pred_na:
+            new_scores[qid] = float(not qid_to_has_ans[qid])
+        else:
+            new_scores[qid] = s
+    return new_scores
+
+
+def _official_make_eval_dict(exact_scores, f1_scores, qid_list=None):
+    if not qid_list:
+        total = len(exact_scores)
+        return {"exact": 100.0 * sum(exact_scores.values()) / total,
+                "f1": 100.0 * sum(f1_scores.values()) / total, "total": total}
+    total = len(qid_list)
+    return {"exact": 100.0 * sum(exact_scores[k] for k in qid_list) / total,
+            "f1": 100.0 * sum(f1_scores[k] for k in qid_list) / total, "total": total}
+
+
+def _official_find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
+    num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
+    cur_score = num_no_ans
+    best_score = cur_score
+    best_thresh = 0.0
+    qid_list = sorted(na_probs, key=lambda k: na_probs[k])
+    for qid in qid_list:
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            diff = -1 if preds[qid] else 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / len(scores), best_thresh
+
+
+def _official_main(dataset, preds, na_probs=None, na_prob_thresh=1.0):
+    """main() without the file handling: the out_eval dict."""
+    if na_probs is None:
+        na_probs_used = {k: 0.0 for k in preds}
+    else:
+        na_probs_used = na_probs
+    qid_to_has_ans = {qa["id"]: bool(qa["answers"]) for a in dataset for p in a["paragraphs"] for qa in p["qas"]}
+    has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
+    no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
+    exact_raw, f1_raw = _official_get_raw_scores(dataset, preds)
+    exact_thresh = _official_apply_no_ans_threshold(exact_raw, na_probs_used, qid_to_has_ans, na_prob_thresh)
+    f1_thresh = _official_apply_no_ans_threshold(f1_raw, na_probs_used, qid_to_has_ans, na_prob_thresh)
+    out_eval = _official_make_eval_dict(exact_thresh, f1_thresh)
+    if has_ans_qids:
+        for k, v in _official_make_eval_dict(exact_thresh, f1_thresh, qid_list=has_ans_qids).items():
+            out_eval[f"HasAns_{k}"] = v
+    if no_ans_qids:
+        for k, v in _official_make_eval_dict(exact_thresh, f1_thresh, qid_list=no_ans_qids).items():
+            out_eval[f"NoAns_{k}"] = v
+    if na_probs is not None:
+        best_exact, exact_thresh_v = _official_find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans)
+        best_f1, f1_thresh_v = _official_find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans)
+        out_eval.update(best_exact=best_exact, best_exact_thresh=exact_thresh_v, best_f1=best_f1,
+                        best_f1_thresh=f1_thresh_v)
+    return out_eval
+
+
+# pieces the random strings are built from: English (articles in every case, words that contain
+# them), Urdu and Arabic letterforms, ASCII and Unicode punctuation, digits of three scripts,
+# combining marks, invisible controls, Unicode whitespace, and letters whose lower() is special
+_PIECES = (
+    ["a", "an", "the", "A", "An", "THE", "The", "theory", "another", "at", "then", "ant", "Paris", "new", "York",
+     "x", "Ab", "i", "İstanbul", "STRASSE", "ẞ", "ΣΑΣ", "Ǆ", "ﬁ"]
+    + ["لاہور", "کراچی", "علی", "علي", "كتاب", "کتاب", "شہر", "شهر", "مصطفى", "اسلام", "آباد", "ہے", "کا", "کی",
+       "۱۹۴۷", "1947", "٣", "سن", "ء", "ـ", "\u064e", "\u0670", "\u0653"]
+    + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + ["۔", "،", "؟", "؛", "«", "»", "—", "’", "…", "¿", "٪"]
+    + ["\u200c", "\u200f", "\ufeff", "\u061c"]
+)
+_SEPARATORS = [" ", " ", " ", "", "  ", "\t", "\n", "\xa0", "\u2009", "\u3000", "\u200b"]
+
+
+def _random_text(rng, max_pieces=7):
+    n = rng.randint(0, max_pieces)
+    out = []
+    for _ in range(n):
+        out.append(rng.choice(_PIECES))
+        out.append(rng.choice(_SEPARATORS))
+    return "".join(out)
+
+
+def _random_cases(rng, n, texts=None):
+    for _ in range(n):
+        if texts and rng.random() < 0.5:
+            gold = rng.choice(texts)
+            # a prediction near a real answer: a prefix, a suffix, the answer with punctuation or an article
+            words = gold.split()
+            k = rng.randint(0, len(words))
+            pred = rng.choice([" ".join(words[:k]), " ".join(words[k:]), gold + rng.choice(["۔", ".", "،", " the"]),
+                               "the " + gold, _random_text(rng, 3), gold])
+        else:
+            gold, pred = _random_text(rng), _random_text(rng)
+        yield gold, pred
+
+
+def _check_pairs(pairs):
+    mismatches = []
+    for gold, pred in pairs:
+        ours = (normalize_official(gold), get_tokens(gold), compute_exact(gold, pred), compute_f1(gold, pred))
+        theirs = (_official_normalize_answer(gold), _official_get_tokens(gold), _official_compute_exact(gold, pred),
+                  _official_compute_f1(gold, pred))
+        if ours != theirs:
+            mismatches.append((gold, pred, ours, theirs))
+    return mismatches
+
+
+def test_differential_pairs_against_the_official_script():
+    import random
+
+    rng = random.Random(20240601)
+    pairs = list(_random_cases(rng, 4000))
+    assert sum(1 for g, p in pairs if compute_f1(g, p) not in (0.0, 1.0)) > 100  # partial overlaps are covered
+    assert _check_pairs(pairs) == []
+
+
+def _random_dataset(rng, n_questions, texts=None):
+    qas, preds, na = [], {}, {}
+    for i in range(n_questions):
+        qid = f"q{i}"
+        kind = rng.random()
+        if kind < 0.3:
+            answers = []  # unanswerable (official: an empty answers list)
+        else:
+            golds = [g for g, _ in _random_cases(rng, rng.randint(1, 4), texts)]
+            if all(g == "" for g in golds):
+                golds.append("x")  # a list of only "" counts as unanswerable here, answerable there (documented)
+            answers = [{"text": g, "answer_start": 0} for g in golds]
+        qas.append({"id": qid, "answers": answers})
+        golds = [a["text"] for a in answers]
+        preds[qid] = rng.choice([rng.choice(golds) if golds else "", "", _random_text(rng, 4)])
+        na[qid] = rng.choice([round(rng.random(), 2), round(rng.uniform(-5, 5), 1), 0.5])  # with ties
+    return [{"paragraphs": [{"qas": qas}]}], preds, na
+
+
+def _check_datasets(rng, n_datasets, texts=None):
+    mismatches = []
+    for _ in range(n_datasets):
+        dataset, preds, na = _random_dataset(rng, rng.randint(1, 40), texts)
+        refs = {qa["id"]: [a["text"] for a in qa["answers"]] for qa in dataset[0]["paragraphs"][0]["qas"]}
+        for golds_pred in refs.items():
+            qid, golds = golds_pred
+            ours = question_scores(preds[qid], golds)
+            exact, f1 = _official_get_raw_scores([{"paragraphs": [{"qas": [{"id": qid, "answers": [
+                {"text": g} for g in golds]}]}]}], {qid: preds[qid]})
+            if ours != (exact[qid], f1[qid]):
+                mismatches.append(("question", golds, preds[qid], ours, (exact[qid], f1[qid])))
+        thresh = rng.choice([1.0, 0.5, 0.0, -1.0])
+        for kwargs, official_kwargs in (({}, {}), ({"no_answer_scores": na, "no_answer_threshold": thresh},
+                                                   {"na_probs": na, "na_prob_thresh": thresh})):
+            ours = squad_v2_evaluate(preds, refs, **kwargs)
+            theirs = _official_main(dataset, preds, **official_kwargs)
+            if ours != theirs or list(ours) != list(theirs):
+                mismatches.append(("dataset", refs, preds, na, ours, theirs))
+    return mismatches
+
+
+def test_differential_datasets_against_the_official_script():
+    """Whole evaluations: max over references, the empty-gold rule, HasAns/NoAns, threshold, best_*."""
+    import random
+
+    assert _check_datasets(random.Random(7), 300) == []
+
+
+@pytest.mark.skipif(not (UQA_DIR / "validation.parquet").exists(), reason=f"real UQA data not found at {UQA_DIR}")
+def test_differential_on_real_uqa_answers():
+    import random
+
+    import pandas as pd
+
+    frame = pd.read_parquet(UQA_DIR / "validation.parquet", columns=["answer"])
+    texts = sorted({a for a in frame["answer"].tolist() if isinstance(a, str) and a})
+    rng = random.Random(11)
+    assert _check_pairs(list(_random_cases(rng, 4000, texts))) == []
+    assert _check_datasets(rng, 100, texts) == []

@@ -3,7 +3,10 @@
 The scoring logic reproduces the official ``evaluate-v2.0.py`` (get_raw_scores,
 apply_no_ans_threshold, make_eval_dict, find_best_thresh, find_all_best_thresh)
 so that, with ``normalize=normalize_official``, the numbers match the official
-script exactly.  ``normalize_urdu`` is a stricter normalizer for Urdu text
+script exactly (tests/test_metrics.py compares them with a transcription of the official script on
+thousands of random cases).  ``best_margin_threshold`` is what the pipeline tunes its no-answer
+threshold with: the official ``find_best_thresh`` assumes probabilities (it starts at 0.0 and steps
+through single questions, ties included), which logit margins are not.  ``normalize_urdu`` is a stricter normalizer for Urdu text
 (letterform folding, diacritics, Urdu punctuation, Eastern digits, invisible
 controls); it is a drop-in replacement for the ``normalize`` argument.
 
@@ -13,6 +16,7 @@ Per-question EM is 0/1 and F1 is 0..1; the aggregate dict is on a 0..100 scale.
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 import unicodedata
@@ -20,7 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "NORMALIZERS",
+    "apply_margin_threshold",
     "apply_no_ans_threshold",
+    "best_margin_threshold",
     "compute_exact",
     "compute_f1",
     "find_all_best_thresh",
@@ -245,6 +251,10 @@ def find_best_thresh(
 
     Questions are swept in ascending na-score order (stable sort, so ties keep ``na_scores``
     insertion order); the threshold only moves on a strict improvement and starts at 0.0.
+
+    Kept for parity with the official script only: with scores that can be negative (logit margins)
+    the 0.0 it starts from is no "no answer everywhere" threshold, and a best reached in the middle
+    of a run of equal scores cannot be applied. The pipeline uses ``best_margin_threshold``.
     """
     num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
     cur_score: float = num_no_ans
@@ -280,6 +290,76 @@ def find_all_best_thresh(
     main_eval["best_exact_thresh"] = exact_thresh
     main_eval["best_f1"] = best_f1
     main_eval["best_f1_thresh"] = f1_thresh
+
+
+def apply_margin_threshold(
+    answer_scores: Mapping[str, float],
+    null_scores: Mapping[str, float],
+    margins: Mapping[str, float],
+    threshold: float,
+) -> float:
+    """Mean score (0..100) when each question is answered "" iff ``margins[q] > threshold``.
+
+    ``answer_scores[q]`` is the score of the question's best span, ``null_scores[q]`` that of "";
+    summed in ``answer_scores`` order like ``squad_v2_evaluate``, so the two agree to the last bit."""
+    if not answer_scores:
+        raise ValueError("no questions to score")
+    total = sum(null_scores[q] if margins[q] > threshold else s for q, s in answer_scores.items())
+    return 100.0 * total / len(answer_scores)
+
+
+def _between(low: float, high: float) -> float:
+    """A float t with low <= t < high, as central as float arithmetic allows."""
+    mid = low / 2 + high / 2 if math.isfinite(low / 2 + high / 2) else low
+    return mid if low <= mid < high else low
+
+
+def best_margin_threshold(
+    answer_scores: Mapping[str, float],
+    null_scores: Mapping[str, float],
+    margins: Mapping[str, float],
+) -> tuple[float, float]:
+    """The no-answer threshold that maximizes the mean score when "" is predicted iff margin > threshold.
+
+    ``margins[q]`` is the null score minus the best span score (a logit difference: any real number;
+    +inf where no span exists, always answered ""). Every way the rule can cut the sorted margins is
+    tried: "" everywhere, and "answer the questions with margin <= v" for every distinct margin v
+    (the last one = answer everywhere); equal margins always fall on the same side. The threshold
+    returned lies inside the winning cut (midway between its margin and the next distinct one; 1.0
+    below the smallest margin for "" everywhere, 1.0 above the largest for answer everywhere), so
+    ``apply_margin_threshold(..., threshold)`` gives back the best score exactly, and a margin
+    recomputed with float noise does not land on the other side. Equally good cuts: the one with
+    the most "" (the official ``find_best_thresh`` prefers the same).
+
+    Returns (best score 0..100, threshold)."""
+    qids = list(answer_scores)
+    if not qids:
+        raise ValueError("no questions to tune a threshold on")
+    values = [float(margins[q]) for q in qids]
+    if any(math.isnan(v) for v in values):
+        raise ValueError("a no-answer margin is NaN")
+    finite = sorted({v for v in values if math.isfinite(v)})
+    if not finite:  # no span anywhere (or every margin infinite): the threshold changes nothing
+        return apply_margin_threshold(answer_scores, null_scores, margins, 0.0), 0.0
+    # gain of answering instead of "", summed per distinct margin, swept from the lowest margin up
+    gain: dict[float, float] = collections.defaultdict(float)
+    for q, v in zip(qids, values, strict=True):
+        if math.isfinite(v):
+            gain[v] += answer_scores[q] - null_scores[q]
+    running, best, best_cut = 0.0, 0.0, -1  # cut -1: "" everywhere; cut i: answer margins <= finite[i]
+    for i, v in enumerate(finite):
+        running += gain[v]
+        if running > best + 1e-9:  # a strict improvement (the tolerance absorbs summation noise)
+            best, best_cut = running, i
+    if best_cut < 0:
+        low = finite[0]
+        threshold = low - 1.0 if low - 1.0 < low else math.nextafter(low, -math.inf)
+    elif best_cut == len(finite) - 1:
+        high = finite[-1]
+        threshold = high + 1.0 if high + 1.0 > high else high
+    else:
+        threshold = _between(finite[best_cut], finite[best_cut + 1])
+    return apply_margin_threshold(answer_scores, null_scores, margins, threshold), float(threshold)
 
 
 def _missing_message(what: str, missing: list[str]) -> str:
