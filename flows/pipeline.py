@@ -8,24 +8,52 @@ params.yaml first (as `dvc exp run -S` does), so that dvc.lock records what real
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from uqa.runtime import apply_runtime_defaults  # noqa: E402
+
+apply_runtime_defaults()  # before Prefect is imported: quiet, no telemetry, patient first start
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.artifacts import (  # noqa: E402
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 
+from tasks.train import TerminalProgress, describe_progress, progress_reporter  # noqa: E402
 from uqa.atomic import read_json  # noqa: E402
 from uqa.errors import TransientError, UserError  # noqa: E402
-from uqa.params import PARAMS_FILE, apply_overrides, load_params  # noqa: E402
-from uqa.stages import BY_NAME, dvc_checkout, dvc_commit, dvc_push, dvc_status, working_dir  # noqa: E402
+from uqa.experiment import experiment_name, experiment_workspace, save_experiment  # noqa: E402
+from uqa.params import (  # noqa: E402
+    PARAMS_FILE,
+    _plain,
+    apply_overrides,
+    deep_merge,
+    load_params,
+    overrides_dict,
+    overrides_model,
+    params_from_dict,
+    read_raw,
+)
+
+ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
+from uqa.stages import (  # noqa: E402
+    BY_NAME,
+    dvc_checkout,
+    dvc_commit,
+    dvc_push,
+    dvc_status,
+    locked_workspace,
+    working_dir,
+)
 
 BRIDGED_LOGGERS = ("tasks", "uqa", "flows", "transformers", "datasets", "accelerate")
 
@@ -51,13 +79,18 @@ class _RunLogBridge(logging.Handler):
             self.handleError(record)
 
 
-def _bridge_logs() -> tuple[logging.Handler, dict[str, tuple[int, bool]]]:
-    """Attach the bridge; our loggers stop propagating meanwhile (the run logger prints them once)."""
+def _bridge_logs() -> tuple[logging.Handler, dict[str, tuple[int, bool, list[logging.Handler]]]]:
+    """Attach the bridge; our loggers stop propagating meanwhile (the run logger prints them once).
+    In a subflow (a sweep's trial) the parent's bridge is detached meanwhile: each record goes to
+    the innermost run only, once."""
     handler = _RunLogBridge(get_run_logger(), level=logging.INFO)
     saved = {}
     for name in BRIDGED_LOGGERS:
         lg = logging.getLogger(name)
-        saved[name] = (lg.level, lg.propagate)
+        outer = [h for h in lg.handlers if isinstance(h, _RunLogBridge)]
+        for h in outer:
+            lg.removeHandler(h)
+        saved[name] = (lg.level, lg.propagate, outer)
         lg.addHandler(handler)
         if name in ("tasks", "uqa", "flows"):
             lg.setLevel(logging.INFO)
@@ -67,10 +100,12 @@ def _bridge_logs() -> tuple[logging.Handler, dict[str, tuple[int, bool]]]:
     return handler, saved
 
 
-def _unbridge_logs(handler: logging.Handler, saved: dict[str, tuple[int, bool]]) -> None:
-    for name, (level, propagate) in saved.items():
+def _unbridge_logs(handler: logging.Handler, saved: dict[str, tuple[int, bool, list[logging.Handler]]]) -> None:
+    for name, (level, propagate, outer) in saved.items():
         lg = logging.getLogger(name)
         lg.removeHandler(handler)
+        for h in outer:
+            lg.addHandler(h)
         lg.setLevel(level)
         lg.propagate = propagate
 
@@ -111,6 +146,12 @@ def run_stage(name: str, root: str, params_file: str = PARAMS_FILE) -> Any:
     return result
 
 
+def succeeded(result: Any) -> bool:
+    """A stage's artifact is published only when the stage succeeded (ran, or was up to date) in
+    this run: after a failure the report files are the previous run's and would be shown as this one's."""
+    return not (isinstance(result, State) and result.is_failed())
+
+
 def _no_retry_on_bad_data(task, task_run, state) -> bool:
     try:
         state.result()
@@ -123,6 +164,19 @@ def _no_retry_on_bad_data(task, task_run, state) -> bool:
     return True
 
 
+@task(name="source", cache_policy=NO_CACHE)
+def source_task(root: str) -> Any:
+    # always runs: resolves what data.source is now; download reruns only when that changed
+    result = run_stage("source", root)
+    if succeeded(result):
+        from tasks.source import source_markdown
+
+        report = read_json(Path(root) / "reports/source.json")
+        create_markdown_artifact(source_markdown(report), key="uqa-source",
+                                 description="What data.source resolved to (or which data was kept)")
+    return result
+
+
 @task(name="download", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_no_retry_on_bad_data,
       cache_policy=NO_CACHE)
 def download_task(root: str) -> Any:
@@ -132,7 +186,8 @@ def download_task(root: str) -> Any:
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_task(root: str) -> Any:
     result = run_stage("filter", root)
-    _filter_artifact(Path(root))
+    if succeeded(result):
+        _filter_artifact(Path(root))
     return result
 
 
@@ -145,21 +200,53 @@ def tokenize_task(root: str) -> Any:
 def train_task(root: str) -> Any:
     # no retries: a failed run resumes from its last checkpoint on the next flow run;
     # the timeout (train.timeout_minutes) is enforced on the training process itself
-    return run_stage("train", root)
+    reporter = ArtifactProgress()
+    token = progress_reporter.set(reporter)
+    try:
+        return run_stage("train", root)
+    finally:
+        progress_reporter.reset(token)
+
+
+class ArtifactProgress(TerminalProgress):
+    """Training progress as a Prefect progress artifact (step/total, ETA, last loss) and, on a
+    terminal, as a bar. Called from the supervising thread, which carries the task run's context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.artifact_id = None
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        super().__call__(p)
+        percent = 100.0 * p.get("step", 0) / max(1, p.get("total") or 1)
+        text = f"Training: {describe_progress(p)}"
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(percent, key="uqa-train-progress", description=text)
+            else:
+                update_progress_artifact(self.artifact_id, percent, description=text)
+        except Exception as exc:  # the UI missing an update must never stop training
+            get_run_logger().debug("progress artifact not updated: %s", exc)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(root: str) -> Any:
     result = run_stage("evaluate", root)
-    _metrics_artifact(Path(root))
+    if succeeded(result):
+        _metrics_artifact(Path(root))
     return result
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(root: str) -> Any:
     result = run_stage("register", root)
-    _register_artifact(Path(root))
+    if succeeded(result):
+        _register_artifact(Path(root))
     return result
+
+
+# the stages in order: dvc.yaml's order, checked by tests/test_dvc_yaml.py
+STAGE_TASKS = (source_task, download_task, filter_task, tokenize_task, train_task, evaluate_task, register_task)
 
 
 def _filter_artifact(root: Path) -> None:
@@ -208,31 +295,87 @@ def _register_artifact(root: Path) -> None:
 
 
 @flow(name="uqa-pipeline")
-def uqa_pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None,
-                 push: bool = False) -> dict[str, Any]:
-    """Run the pipeline in `project_dir`. `overrides`: {"train.epochs": 1} or {"train": {"epochs": 1}}."""
+def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = None,
+                 push: bool = False, wait_for_lock_minutes: float = 0.0) -> dict[str, Any]:
+    """Run the pipeline in `project_dir` with its params.yaml as it is.
+
+    With `overrides` (e.g. {"train": {"epochs": 1}}; typed by the params schema, so the UI's run form
+    shows every section with its fields and defaults and rejects bad values) the run is a DVC experiment
+    named after this flow run, in its own worktree sharing the DVC cache (uqa/experiment.py):
+    params.yaml is never edited, and nothing is registered. A plain run holds the workspace (DVC's
+    repo lock) from start to end: another run, `dvc repro` or `dvc exp run` there fails at once, or
+    this run waits up to `wait_for_lock_minutes` for them, saying who holds it."""
     logger = get_run_logger()
     handler, saved = _bridge_logs()
     root = Path(project_dir).resolve()
     try:
-        params, changed = apply_overrides(root / PARAMS_FILE, overrides)
-        if changed:
-            logger.info("params.yaml updated with the flow's overrides: %s", overrides)
-        r = str(root)
-        stages: dict[str, str] = {}
-        for stage_task in (download_task, filter_task, tokenize_task, train_task, evaluate_task, register_task):
-            state = stage_task(r, return_state=True)
-            stages[stage_task.name] = state.name
-            if state.is_failed():
-                logger.error("stopped: %s", state.message)
-                return Failed(message=state.message)
-        if push:
-            _push(root)
-        metrics = read_json(root / "metrics/eval.json")
-        registration = read_json(root / "reports/register.json")
-        return {"metrics": metrics, "registration": registration, "stages": stages}
+        nested = overrides_dict(overrides)
+        if nested:
+            return _run_experiment(root, nested, push)
+        with locked_workspace(root, wait_s=wait_for_lock_minutes * 60, command="uqa-pipeline flow run",
+                              flow_run=flow_run.get_name()):
+            return _run_stages(root, push)
+    except UserError as exc:  # a busy workspace, bad overrides, no git repository: one clear message
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
     finally:
         _unbridge_logs(handler, saved)
+
+
+def _run_stages(root: Path, push: bool, register: bool = True) -> Any:
+    logger = get_run_logger()
+    load_params(root / PARAMS_FILE)  # every mistyped param, before any stage does work
+    r = str(root)
+    stages: dict[str, str] = {}
+    upstream: list[State] = []
+    for stage_task in STAGE_TASKS:
+        if stage_task is register_task and not register:
+            stages[stage_task.name] = "Skipped (experiment)"
+            continue
+        # wait_for records the previous stage as this one's upstream: the UI draws the chain
+        state = stage_task(r, return_state=True, wait_for=upstream)
+        upstream = [state]
+        stages[stage_task.name] = state.name
+        if state.is_failed():
+            logger.error("stopped: %s", state.message)
+            return Failed(message=state.message)
+    if push:
+        _push(root)
+    metrics = read_json(root / "metrics/eval.json")
+    registration = read_json(root / "reports/register.json") if register else {}
+    return {"metrics": metrics, "registration": registration, "stages": stages}
+
+
+def _run_experiment(root: Path, overrides: dict[str, Any], push: bool) -> Any:
+    logger = get_run_logger()
+    params_from_dict(deep_merge(_plain(read_raw(root / PARAMS_FILE)), overrides),
+                     f"{root / PARAMS_FILE} (with overrides)")  # a bad override fails before any work
+    name = experiment_name(flow_run.get_name() or "uqa-exp")
+    logger.info("overrides %s: running as DVC experiment %r in its own workspace; %s is not changed",
+                overrides, name, root / PARAMS_FILE)
+    with experiment_workspace(root, name) as workspace:
+        apply_overrides(workspace / PARAMS_FILE, overrides)
+        with locked_workspace(workspace, command=f"uqa-pipeline experiment {name}", flow_run=name):
+            result = _run_stages(workspace, push, register=False)
+        if isinstance(result, State):
+            return result
+        save_experiment(workspace, name)
+    result["experiment"] = name
+    create_markdown_artifact(experiment_markdown(name, overrides, result["metrics"]), key="uqa-experiment",
+                             description="This run as a DVC experiment")
+    logger.info("saved as DVC experiment %r: `dvc exp show` lists it, `dvc exp apply %s` brings it into the "
+                "workspace", name, name)
+    return result
+
+
+def experiment_markdown(name: str, overrides: dict[str, Any], metrics: dict[str, Any]) -> str:
+    lines = [f"# Experiment `{name}`", "",
+             f"Overrides: `{json.dumps(overrides, ensure_ascii=False)}` (params.yaml itself is unchanged).", "",
+             f"F1 {metrics.get('f1', float('nan')):.2f}, EM {metrics.get('exact_match', float('nan')):.2f} "
+             f"on {metrics.get('n_questions')} questions. Not registered: an experiment is compared, not shipped.", "",
+             f"`dvc exp show` lists it; `dvc exp apply {name}` brings its params and outputs into the workspace, "
+             "then `uqa run` registers it through the promotion gate."]
+    return "\n".join(lines)
 
 
 def _push(root: Path) -> None:

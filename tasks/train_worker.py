@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ LIVE_DIR = Path("dvclive")
 REPORT = Path("reports/train.json")
 FINGERPRINT = "run_fingerprint.json"
 PARAMS_ENV = "UQA_TRAIN_PARAMS_JSON"  # set by tasks/train.py: the params to train with
+PROGRESS_PREFIX = "UQA_PROGRESS "  # progress lines for the supervisor, not for the log
 
 
 def resolve_precision(precision: str) -> str:
@@ -45,9 +47,14 @@ def resolve_precision(precision: str) -> str:
 
 
 def data_fingerprint(data_dir: Path = DATA_DIR) -> str:
-    """Hash of the feature bytes (Arrow files, tokenizer files): what the model is trained on."""
+    """Hash of the feature bytes (Arrow files, tokenizer files): what the model is trained on.
+
+    Not hashed: `state.json` (its fingerprint changes when the bytes do not) and hidden files such
+    as the `.gitignore` DVC writes beside its outputs, at a moment that depends on how the last
+    `dvc repro` ended: hashing it made a run killed mid-training restart instead of resuming."""
     h = hashlib.sha256()
-    for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.name != "state.json"):
+    for path in sorted(p for p in Path(data_dir).rglob("*")
+                       if p.is_file() and p.name != "state.json" and not p.name.startswith(".")):
         h.update(str(path.relative_to(data_dir)).encode())
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
@@ -63,8 +70,26 @@ def run_fingerprint(params: Params, data_hash: str) -> dict[str, Any]:
     return {"model": asdict(params.model), "train": train, "data": data_hash}
 
 
+def intact_file(path: Path) -> bool:
+    """Whether a checkpoint file is whole: a safetensors file as long as its header says, a torch
+    pickle (zip) with its central directory; a file cut off by a kill or a full disk is neither."""
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(header_len))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            return path.stat().st_size == 8 + header_len + end
+        if path.suffix in (".pt", ".pth", ".bin"):
+            return zipfile.is_zipfile(path)
+        return True
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Checkpoints whose trainer_state.json (written last by Trainer) parses, oldest first."""
+    """Checkpoints that can be resumed, oldest first: trainer_state.json (written last by Trainer)
+    parses, weights and optimizer state are there, and no file in them is truncated."""
     found = []
     for ckpt in Path(checkpoint_dir).glob("checkpoint-*"):
         try:
@@ -73,7 +98,9 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
         except (ValueError, OSError):
             continue
         has_weights = any((ckpt / n).exists() for n in ("model.safetensors", "pytorch_model.bin"))
-        if has_weights and (ckpt / "optimizer.pt").exists():
+        if not (has_weights and (ckpt / "optimizer.pt").exists()):
+            continue
+        if all(intact_file(f) for f in ckpt.iterdir() if f.is_file()):
             found.append((step, ckpt))
     return [c for _, c in sorted(found)]
 
@@ -98,7 +125,7 @@ def prepare_checkpoint_dir(params: Params, checkpoint_dir: Path, data_hash: str,
     ckpts = complete_checkpoints(checkpoint_dir)
     if is_main:  # a checkpoint cut off mid-save would be picked by Trainer's own rotation: remove it
         for partial in set(Path(checkpoint_dir).glob("checkpoint-*")) - set(ckpts):
-            log.warning("train: removing incomplete checkpoint %s", partial)
+            log.warning("train: skipping incomplete or truncated checkpoint %s (removed)", partial)
             shutil.rmtree(partial, ignore_errors=True)
     return ckpts[-1] if ckpts else None
 
@@ -191,7 +218,69 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
     return trainer, {"precision": precision, "tokenizer": tokenizer}
 
 
+def _failpoint_callback():
+    from transformers import TrainerCallback
+
+    from uqa.faults import failpoint
+
+    class FailpointCallback(TrainerCallback):
+        """`UQA_FAILPOINT=train.step@N` / `train.saved@N`: kill -9 the run there (tests; uqa/faults.py)."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            failpoint("train.step", at=state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):
+            failpoint("train.saved", at=state.global_step)
+
+    return FailpointCallback
+
+
+def _progress_callback():
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """One `UQA_PROGRESS {json}` line per second at most (and at the end): step/total, epoch, last
+        loss. The supervisor (tasks/train.py) turns them into a progress bar and a Prefect artifact."""
+
+        def __init__(self) -> None:
+            self.last_loss: float | None = None
+            self.printed = 0.0
+            self.started = time.monotonic()
+            self.first_step: int | None = None
+
+        def _emit(self, state, force: bool = False) -> None:
+            now = time.monotonic()
+            if not force and now - self.printed < 1.0:
+                return
+            self.printed = now
+            if self.first_step is None:
+                self.first_step = state.global_step
+            print(PROGRESS_PREFIX + json.dumps({
+                "step": state.global_step, "total": state.max_steps, "epoch": round(state.epoch or 0.0, 3),
+                "loss": self.last_loss, "first_step": self.first_step, "elapsed_s": round(now - self.started, 1),
+            }), flush=True)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            self.first_step = state.global_step  # resumed runs start past 0: the ETA counts from here
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self._emit(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self._emit(state, force=True)
+
+    return ProgressCallback
+
+
 def run(params: Params) -> dict[str, Any]:
+    FailpointCallback = _failpoint_callback()
     data_hash = data_fingerprint()
     # building the Trainer's arguments sets up the process group (the launcher set RANK/WORLD_SIZE)
     trainer, info = make_trainer(params, CHECKPOINT_DIR)
@@ -207,6 +296,8 @@ def run(params: Params) -> dict[str, Any]:
 
         live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None)
         trainer.add_callback(DVCLiveCallback(live=live))
+    trainer.add_callback(FailpointCallback())
+    trainer.add_callback(_progress_callback()())
     if resume is not None:
         log.info("train: resuming from %s", resume)
     started = time.time()
@@ -221,6 +312,9 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {}
     if state.is_main_process:
         info["tokenizer"].save_pretrained(str(tmp))
+        from uqa.predict import write_model_settings  # uqa_inference.json: the windowing predict must use
+
+        write_model_settings(tmp, params)
         replace_dir(tmp, FINAL_DIR)
         s = trainer.state
         report = {
@@ -261,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from uqa.procs import watch_supervisor
+
+    watch_supervisor()  # never outlive the stage that launched us (see uqa/procs.py)
     from uqa.errors import UserError
     from uqa.params import params_from_dict
 

@@ -177,10 +177,12 @@ def prefect_server():
             proc.kill()
             raise RuntimeError(f"prefect server did not start: {(_HOME / 'prefect-server.log').read_text()[-2000:]}")
         time.sleep(0.5)
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
     os.environ["PREFECT_API_URL"] = url  # for subprocesses (workers, CLI) the tests start
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
+    refresh_global_settings_context()  # and for Prefect's own threads, which carry no settings context
     with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_LOGGING_TO_API_ENABLED: True}):
         yield url
         from prefect.logging.handlers import APILogWorker
@@ -188,5 +190,6 @@ def prefect_server():
         APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still there
     os.environ.pop("PREFECT_API_URL", None)
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+    refresh_global_settings_context()
     stop_process_group(proc)
     log.close()

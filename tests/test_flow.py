@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pandas as pd
@@ -10,6 +11,8 @@ import pytest
 from conftest import UQA_HUB, dvc, hub_sample_params, needs_shared, run_ok
 
 pytestmark = pytest.mark.slow
+
+ALWAYS_RUNS = {"source": ["always changed"]}  # `dvc status` of an up-to-date project: source checks the data each run
 
 
 def _flow(project, overrides=None):
@@ -28,9 +31,10 @@ def test_flow_and_dvc_agree_end_to_end(project_factory, prefect_server):
     assert set(first["stages"].values()) == {"Completed"}
     assert first["metrics"]["n_questions"] > 100
     assert {"exact_match", "f1", "urdu_exact_match", "urdu_f1"} <= set(first["metrics"])
-    assert json.loads(dvc("status", "--json", cwd=project).stdout) == {}
+    assert json.loads(dvc("status", "--json", cwd=project).stdout) == ALWAYS_RUNS
     repro = dvc("repro", cwd=project).stdout
-    assert "Running stage" not in repro and "up to date" in repro
+    assert re.findall(r"Running stage '(\w+)'", repro) == ["source"]  # the data is checked, nothing else runs
+    assert "Stage 'download' didn't change, skipping" in repro and "Stage 'register' didn't change, skipping" in repro
 
     # the registry has a version in prod, and predict answers from it
     from uqa.predict import Predictor
@@ -46,24 +50,39 @@ def test_flow_and_dvc_agree_end_to_end(project_factory, prefect_server):
                 "--context", row.context, "--json"], project)
     assert json.loads(r.stdout)["answer"] == answer.answer
 
-    # nothing changed: every stage is skipped, shown as Cached
+    # nothing changed: source checks the data (unchanged), every other stage is skipped, shown as Cached
+    fingerprint = (project / "data/source.json").read_bytes()
     again = _flow(project)
+    assert again["stages"].pop("source") == "Completed"
     assert set(again["stages"].values()) == {"Cached"}
+    assert (project / "data/source.json").read_bytes() == fingerprint  # the same data: the same fingerprint
+    assert json.loads((project / "reports/source.json").read_text())["checked"] is True
 
-    # a new stride (a flow parameter): download and filter stay, tokenize and what follows rerun
+    # a new stride as a flow parameter: a DVC experiment in its own workspace sharing the cache:
+    # download and filter come from the cache, tokenize and what follows run, params.yaml stays
+    params_before = (project / "params.yaml").read_bytes()
     third = _flow(project, {"tokenize": {"stride": 64}})
     assert third["stages"]["download"] == third["stages"]["filter"] == "Cached"
-    assert third["stages"]["tokenize"] == "Completed"
-    assert "stride: 64" in (project / "params.yaml").read_text()
-    assert json.loads(dvc("status", "--json", cwd=project).stdout) == {}
+    assert third["stages"]["tokenize"] == third["stages"]["train"] == "Completed"
+    assert third["stages"]["register"] == "Skipped (experiment)"
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert json.loads(dvc("status", "--json", cwd=project).stdout) == ALWAYS_RUNS
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or []) for e in e["revs"]}
+    exp = exps[third["experiment"]]["data"]
+    assert exp["params"]["params.yaml"]["data"]["tokenize"]["stride"] == 64
+    assert exp["metrics"]["metrics/eval.json"]["data"]["f1"] == pytest.approx(third["metrics"]["f1"])
+    assert not any((project / ".dvc/tmp/uqa-exps").glob("*"))  # the experiment's workspace is gone
 
     # the other way round: dvc repro after a params change, then the flow finds nothing to do
-    text = (project / "params.yaml").read_text().replace("stride: 64", "stride: 96")
+    text = (project / "params.yaml").read_text().replace("stride: 128", "stride: 96")
+    assert "stride: 96" in text
     (project / "params.yaml").write_text(text)
     repro = dvc("repro", cwd=project).stdout
     assert "Running stage 'tokenize'" in repro
     assert "Running stage 'download'" not in repro and "Running stage 'filter'" not in repro
     fourth = _flow(project)
+    assert fourth["stages"].pop("source") == "Completed"
     assert set(fourth["stages"].values()) == {"Cached"}
 
 

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from uqa.errors import UserError
-
-
-def _quiet_env() -> None:
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+from uqa.procs import sigterm_as_interrupt
+from uqa.runtime import apply_runtime_defaults
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import uqa_pipeline
     from uqa.params import overrides_to_nested
+    from uqa.server import prefect_api
 
-    state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None, push=args.push,
-                         return_state=True)
-    _print_result(flow_result(state), Path(args.project))
+    with prefect_api():
+        state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None,
+                             push=args.push, wait_for_lock_minutes=args.wait, return_state=True)
+        result = flow_result(state)
+    _print_result(result, Path(args.project))
     return 0
 
 
@@ -49,16 +46,65 @@ def _print_result(result: dict, base: Path = Path(".")) -> None:
         state = "promoted to prod" if r.get("promoted") else "not promoted"
         print(f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})")
         print(f"model: {base / r.get('path', '')}")
+    if result.get("experiment"):
+        name = result["experiment"]
+        print(f"experiment {name}: saved as a DVC experiment (dvc exp show); params.yaml unchanged, not registered "
+              f"(dvc exp apply {name}, then uqa run, registers it through the promotion gate)")
     stages = result.get("stages")
     if stages:
         print("stages: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
 
 
+def _grid(specs: list[str]) -> dict[str, list]:
+    """['train.epochs=1,2', ...] -> {'train.epochs': [1, 2]} (each value parsed as YAML)."""
+    from uqa.params import parse_override
+
+    grid: dict[str, list] = {}
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if not values:
+            raise UserError(f"--grid {spec!r}: expected KEY=V1,V2,... e.g. train.epochs=1,2")
+        grid[key.strip()] = [parse_override(f"{key}={v}")[1] for v in values.split(",")]
+    return grid
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweep import uqa_sweep
+    from uqa.server import prefect_api
+
+    ranges = {}
+    for spec in args.range:
+        key, _, value = spec.partition("=")
+        ranges[key.strip()] = value
+    if bool(args.grid) == bool(ranges):
+        raise UserError("give --grid KEY=V1,V2 (every combination), or --range KEY=LOW:HIGH[:log|:int] with --samples N")
+    with prefect_api():
+        state = uqa_sweep(project_dir=args.project, grid=_grid(args.grid) or None, ranges=ranges or None,
+                          samples=args.samples, seed=args.seed, trial_deployment=args.deployment, return_state=True)
+        result = flow_result(state)
+    print()
+    for t in result["trials"]:
+        f1 = f"F1 {t['f1']:6.2f}" if t.get("f1") is not None else "F1    –  "
+        print(f"trial {t['number']}: {t['state']:<9} {f1}  {t.get('duration_s', 0):5.0f} s  {t['overrides']}  "
+              f"experiment {t.get('experiment') or '–'}")
+    winner, r = result.get("winner"), result.get("registration") or {}
+    if winner is None:
+        print("no trial completed: nothing registered")
+        return 1
+    print(f"winner: trial {winner['number']} {winner['overrides']} (F1 {winner['f1']:.2f})")
+    print(f"registered {r.get('name')} {r.get('version')} "
+          f"({'promoted to prod' if r.get('promoted') else 'not promoted'}: {r.get('reason')})")
+    print("params.yaml unchanged; dvc exp show lists every trial")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from uqa.demo import run_demo
+    from uqa.server import prefect_api
 
     started = time.time()
-    result = flow_result(run_demo(Path(args.workdir), args.set))
+    with prefect_api():
+        result = flow_result(run_demo(Path(args.workdir), args.set, wait_for_lock_minutes=args.wait))
     _print_result(result, Path(args.workdir))
     workdir = Path(args.workdir)
     print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")
@@ -68,10 +114,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _resolve(spec: str, project: Path) -> Path:
-    from uqa.registry import resolve_model
+    from uqa.registry import RegistryInconsistent, resolve_model
 
     try:
         return resolve_model(spec, project)
+    except RegistryInconsistent:
+        raise  # a broken registry is reported, never papered over with the demo's model
     except UserError:
         demo = project / "demo-run"
         if Path(spec).exists() or not (demo / "registry").exists():
@@ -85,19 +133,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from uqa.predict import Predictor, read_batch
 
     model_dir = _resolve(args.model, Path(args.project))
+    # settings not given here come from the model (uqa_inference.json; for <project>/models/final the
+    # project's metrics/eval.json): the windows, span search and threshold the model was evaluated with
     predictor = Predictor(model_dir, max_seq_length=args.max_seq_length, stride=args.stride, n_best=args.n_best,
                           max_answer_length=args.max_answer_length, no_answer_threshold=args.no_answer_threshold)
     if args.input:
         rows = read_batch(Path(args.input))
-        answers = predictor([r["question"] for r in rows], [r["context"] for r in rows])
+        ids = [row.get("id", i) for i, row in enumerate(rows)]
+        answers = predictor([r["question"] for r in rows], [r["context"] for r in rows], ids=ids, where=args.input)
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
         try:
-            for i, (row, ans) in enumerate(zip(rows, answers, strict=True)):
-                record = {"id": row.get("id", i), "question": row["question"], **ans.to_dict()}
+            for qid, row, ans in zip(ids, rows, answers, strict=True):
+                record = {"id": qid, "question": row["question"], **ans.to_dict()}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
         finally:
             if out is not sys.stdout:
                 out.close()
+        print(f"model:  {model_dir}\nsettings: {predictor.describe()}", file=sys.stderr)
         return 0
     if not args.question or not args.context:
         raise UserError("give --question and --context, or --input FILE")
@@ -111,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"answer: {answer.answer}")
         print(f"score:  {answer.score:.4f}")
         print(f"chars:  {answer.start}-{answer.end}")
-    print(f"model:  {model_dir}", file=sys.stderr)
+    print(f"model:  {model_dir}\nsettings: {predictor.describe()}", file=sys.stderr)
     return 0
 
 
@@ -145,8 +197,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name=args.name,
         schedules=[Cron(args.cron, timezone=args.timezone)],
         parameters={"project_dir": str(Path(args.project).resolve())},
+        limit=1,  # one run at a time; the workspace lock backs this up
     )
     return 0
+
+
+WAIT_HELP = ("when another run holds this workspace, wait up to MINUTES for it (default 0: "
+             "fail at once, naming the run that holds it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,14 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Prefect flow (download -> ... -> register) in a project")
     p.add_argument("--project", default=".", help="project directory (params.yaml, dvc.yaml)")
     p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override params.yaml, e.g. -S train.epochs=1 (written into params.yaml)")
+                   help="override params.yaml, e.g. -S train.epochs=1: the run is a DVC experiment in its own "
+                        "workspace (dvc exp show lists it); params.yaml is not changed and nothing is registered")
     p.add_argument("--push", action="store_true", help="dvc push at the end (needs a default remote)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="MINUTES", help=WAIT_HELP)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="try several settings as DVC experiments and register the best (Prefect flow uqa-sweep)")
+    p.add_argument("--project", default=".", help="project directory (params.yaml, dvc.yaml)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to try, e.g. --grid train.learning_rate=1e-3,2e-3 --grid train.epochs=1,2 (every combination)")
+    p.add_argument("--range", action="append", default=[], metavar="KEY=LOW:HIGH[:log|:int]",
+                   help="random search space (Optuna, ask-and-tell), with --samples")
+    p.add_argument("--samples", type=int, default=0, help="how many settings to draw from the ranges")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    p.add_argument("--deployment", default=None, metavar="FLOW/DEPLOYMENT",
+                   help="run each trial as a run of this deployment (e.g. uqa-pipeline/trial) on its work pool; "
+                        "default: one after another in this process")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="the whole flow on the shipped demo data with a tiny model (CPU, minutes)")
     p.add_argument("--workdir", default="demo-run", help="demo workspace (created on first use)")
     p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the demo's params, e.g. -S data.keep_unanswerable=true")
+    p.add_argument("--wait", type=float, default=0.0, metavar="MINUTES", help=WAIT_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("predict", help="answer questions with a model directory or a registry stage/version")
@@ -174,12 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="batch mode: .jsonl/.json/.parquet/.csv with question, context (and id)")
     p.add_argument("--output", help="batch mode: write jsonl here (default: stdout)")
     p.add_argument("--json", action="store_true", help="print the single answer as JSON")
-    p.add_argument("--max-seq-length", type=int, default=None)
-    p.add_argument("--stride", type=int, default=128)
-    p.add_argument("--n-best", type=int, default=20)
-    p.add_argument("--max-answer-length", type=int, default=30)
+    from_model = " (default: the model's, from its uqa_inference.json)"
+    p.add_argument("--max-seq-length", type=int, default=None, help="tokens per window" + from_model)
+    p.add_argument("--stride", type=int, default=None, help="tokens shared by consecutive windows" + from_model)
+    p.add_argument("--n-best", type=int, default=None, help="start and end candidates per window" + from_model)
+    p.add_argument("--max-answer-length", type=int, default=None, help="the longest answer, in tokens" + from_model)
     p.add_argument("--no-answer-threshold", type=float, default=None,
-                   help="SQuAD2 models: predict no answer when null - best span exceeds this (default: the registered one)")
+                   help="SQuAD2 models: predict no answer when null - best span exceeds this (default: the one "
+                        "evaluate applied: uqa_inference.json, or for PROJECT/models/final the project's "
+                        "metrics/eval.json)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="serve the flow on a schedule (flow.serve: no work pool needed)")
@@ -197,15 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_env()
+    apply_runtime_defaults()  # before Prefect is imported
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "Ctrl-C"
+        print(f"interrupted ({why}): the run was stopped; run it again to continue (finished stages are "
+              "cached, training resumes from its last complete checkpoint)", file=sys.stderr)
         return 130
 
 

@@ -17,11 +17,22 @@ import difflib
 import functools
 import io
 import re
+import warnings
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
@@ -103,6 +114,9 @@ class TokenizeParams:
     stride: Annotated[Int, _doc("tokens shared by consecutive windows of a long context", ge=0)] = 128
     vocab_size: Annotated[Int, _doc(
         "only when a tokenizer is trained (model.init: scratch and model.tokenizer: null)", ge=1)] = 8000
+    num_proc: Annotated[Int, _doc(
+        "processes that tokenize chunks of rows in parallel (1 = none); the output is the same for any value",
+        ge=1)] = 1
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -156,7 +170,11 @@ class EvaluateParams:
     max_answer_length: Annotated[Int, _doc("the longest answer, in tokens", ge=1)] = 30
     no_answer_threshold: Annotated[Literal["best"] | Float, _doc(
         'SQuAD2 mode: null-minus-best-span margin above which "" is predicted; '
-        "best = tuned on validation")] = "best"
+        "best = tuned for F1 on validation (on its tune part when tune_fraction > 0)")] = "best"
+    tune_fraction: Annotated[Float, _doc(
+        "SQuAD2 mode: the part of the validation question ids (a fixed split by a hash of the id) the "
+        "no-answer threshold is tuned on; the metrics are reported on the rest. 0 = tune and report on "
+        "all of validation (the reported F1 is then optimistic)", ge=0, lt=1)] = 0.0
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -482,3 +500,44 @@ def apply_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | No
     _yaml().dump(merged, buf)
     atomic_write_text(path, buf.getvalue())
     return params, True
+
+
+# ---- overrides, typed: the Prefect flow's `overrides` parameter -------------------------------------
+
+
+def _partial_model(cls: type, name: str) -> type[BaseModel]:
+    """A pydantic model of `cls` with every field optional and unset by default (a sparse override),
+    keeping each field's type, bounds and description, and naming the default in the description."""
+    fields: dict[str, Any] = {}
+    for fname, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
+        default = info.get_default(call_default_factory=True)
+        if dataclasses.is_dataclass(default):
+            annotation: Any = _partial_model(type(default), f"{name}{fname.title().replace('_', '')}")
+            described = info.description or fname
+        else:
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            described = f"{info.description or fname} (default {default!r})"
+        fields[fname] = (annotation | None, Field(default=None, description=described))
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+@functools.cache
+def overrides_model() -> type[BaseModel]:
+    """`{section: {key: value}}` with every section and key optional: what a run may override. The flow
+    types its `overrides` parameter with it, so the Prefect UI's run form shows each section's fields,
+    types, bounds and defaults, and rejects what the schema would reject."""
+    sections = {
+        name: (_partial_model(cls, f"{cls.__name__}Overrides") | None, Field(default=None, description=(
+            cls.__doc__ or name).strip().splitlines()[0]))
+        for name, cls in section_models().items()
+    }
+    with warnings.catch_warnings():  # a field named `register` shadows ABCMeta.register: harmless here
+        warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+        return create_model("ParamsOverrides", __config__=ConfigDict(extra="forbid"), **sections)
+
+
+def overrides_dict(overrides: Any) -> dict[str, Any]:
+    """A typed overrides model (only what was set, explicit nulls included) or a mapping/list, nested."""
+    if isinstance(overrides, BaseModel):
+        return overrides.model_dump(exclude_unset=True)
+    return overrides_to_nested(overrides)

@@ -1,0 +1,191 @@
+"""A run with parameter overrides is a DVC experiment in its own workspace, never an edit of params.yaml.
+
+In the spirit of `dvc exp run --temp`: the run gets a git worktree of the project under
+`.dvc/tmp/uqa-exps/<name>` (detached at HEAD, plus the project's uncommitted pipeline files), sharing
+the project's DVC cache, so every stage whose inputs did not change is restored from the cache instead
+of run again. The overrides go into the worktree's params.yaml; the stages run there; the result is
+saved with `dvc exp save --name <name>` (refs/exps in the project's git, so `dvc exp show` in the
+project lists it with its params and metrics); the worktree is then removed. The project's
+params.yaml, dvc.lock and outputs are never touched, so the next plain run uses params.yaml as
+committed. Several experiments (sweep trials) can run at once, each in its own worktree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from uqa.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EXPS_DIR = Path(".dvc/tmp/uqa-exps")
+
+
+def experiment_name(text: str) -> str:
+    """A name git accepts as a ref component (and DVC as an experiment name)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return name or "uqa-exp"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UserError(f"git {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()}")
+    return r.stdout
+
+
+def _dvc(cwd: Path, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UserError(f"dvc {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout
+
+
+def _workspace_changes(root: Path) -> list[tuple[str, str]]:
+    """(git status, path) of tracked files changed and untracked files not ignored: what the worktree
+    must get from the project to start from its current state (DVC outputs are ignored: they come
+    from the cache)."""
+    out = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
+    paths = []
+    entries = out.split("\0")
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        status, path = entry[:2], entry[3:]
+        if status[0] in "RC":  # a rename's source follows as the next entry
+            i += 1
+        if "D" not in status:
+            paths.append((status, path))
+    return paths
+
+
+def _absolute_if_outside(value: str, root: Path, worktree: Path) -> str:
+    """A relative local path that resolves in the project but not in the worktree (data outside the
+    repository, e.g. ../shared/...) is made absolute; paths inside the repository stay as they are."""
+    if Path(value).is_absolute() or not value:
+        return value
+    in_project, in_worktree = glob.glob(str(root / value)), glob.glob(str(worktree / value))
+    if in_project and not in_worktree:
+        return os.path.normpath(root / value)
+    return value
+
+
+def localize_paths(params: dict[str, Any], root: Path, worktree: Path) -> dict[str, Any]:
+    """Overrides that keep data.source, model.name and model.tokenizer pointing at the same files."""
+    fixes: dict[str, Any] = {}
+    source = (params.get("data") or {}).get("source")
+    if isinstance(source, str):
+        fixed = _absolute_if_outside(source, root, worktree)
+        if fixed != source:
+            fixes.setdefault("data", {})["source"] = fixed
+    elif isinstance(source, dict):
+        fixed_map = {}
+        for split, spec in source.items():
+            specs = [spec] if isinstance(spec, str) else list(spec or [])
+            fixed_specs = [_absolute_if_outside(str(s), root, worktree) for s in specs]
+            fixed_map[split] = fixed_specs[0] if isinstance(spec, str) else fixed_specs
+        if fixed_map != source:
+            fixes.setdefault("data", {})["source"] = fixed_map
+    for key in ("name", "tokenizer"):
+        value = (params.get("model") or {}).get(key)
+        if isinstance(value, str) and (root / value).exists():
+            fixed = _absolute_if_outside(value, root, worktree)
+            if fixed != value:
+                fixes.setdefault("model", {})[key] = fixed
+    return fixes
+
+
+@contextlib.contextmanager
+def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
+    """A git worktree of `root` in its current state, sharing its DVC cache; removed afterwards."""
+    from uqa.params import _plain, apply_overrides, read_raw
+
+    root = Path(root).resolve()
+    if not (root / ".git").exists():
+        raise UserError(f"{root}: a run with overrides is recorded as a DVC experiment, which needs a git "
+                        "repository with at least one commit (git init && git add -A && git commit)")
+    _git(root, "rev-parse", "--verify", "HEAD")
+    worktree = root / EXPS_DIR / name
+    if worktree.exists():
+        _git(root, "worktree", "remove", "--force", str(worktree))
+    _git(root, "worktree", "prune")
+    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), "HEAD")
+    try:
+        for _, path in _workspace_changes(root):
+            src, dst = root / path, worktree / path
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
+        _dvc(worktree, "cache", "dir", "--local", cache_dir)
+        with contextlib.suppress(UserError):  # outputs missing from the cache are simply produced again
+            _dvc(worktree, "checkout", "--quiet")
+        fixes = localize_paths(_plain(read_raw(worktree / "params.yaml")), root, worktree)
+        if fixes:
+            apply_overrides(worktree / "params.yaml", fixes)
+        yield worktree
+    finally:
+        with contextlib.suppress(UserError):
+            _git(root, "worktree", "remove", "--force", str(worktree))
+        shutil.rmtree(worktree, ignore_errors=True)
+        with contextlib.suppress(UserError):
+            _git(root, "worktree", "prune")
+
+
+def save_experiment(worktree: Path, name: str) -> None:
+    """`dvc exp save --name NAME` of the worktree, with its run's untracked records (dvc.lock, metrics)."""
+    untracked = [path for status, path in _workspace_changes(worktree) if status == "??"]
+    args = ["exp", "save", "--name", name, "--force"]
+    for path in untracked:
+        args += ["-I", path]
+    _dvc(worktree, *args)
+
+
+def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
+    """{experiment name: {rev, params, metrics}} from `dvc exp show --json` in the project."""
+    import json
+
+    shown = json.loads(_dvc(Path(root), "exp", "show", "--json") or "[]")
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                found[rev.get("name") or exp.get("name")] = {
+                    "rev": rev.get("rev"),
+                    "params": ((data.get("params") or {}).get("params.yaml") or {}).get("data", {}),
+                    "metrics": ((data.get("metrics") or {}).get("metrics/eval.json") or {}).get("data", {}),
+                }
+    return found
+
+
+@contextlib.contextmanager
+def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
+    """A worktree at experiment `name` (commit `rev`) with its outputs checked out of the shared cache."""
+    root = Path(root).resolve()
+    worktree = root / EXPS_DIR / f"restore-{name}"
+    if worktree.exists():
+        _git(root, "worktree", "remove", "--force", str(worktree))
+    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), rev)
+    try:
+        cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
+        _dvc(worktree, "cache", "dir", "--local", cache_dir)
+        _dvc(worktree, "checkout", "--quiet", "train", "evaluate")
+        yield worktree
+    finally:
+        with contextlib.suppress(UserError):
+            _git(root, "worktree", "remove", "--force", str(worktree))
+        shutil.rmtree(worktree, ignore_errors=True)
