@@ -7,7 +7,14 @@ saved to models/final. Resumes from the newest complete checkpoint of the same p
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":
+    # a training rank: arm the parent-death signal and the supervisor watch before anything slow is
+    # imported (a supervisor killed while this rank still imports torch must not leave it behind)
+    from uqa.procs import watch_supervisor
+
+    watch_supervisor()
+
+import argparse  # noqa: E402
 import hashlib
 import json
 import logging
@@ -355,9 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from uqa.procs import watch_supervisor
-
-    watch_supervisor()  # never outlive the stage that launched us (see uqa/procs.py)
     from uqa.errors import UserError
     from uqa.params import params_from_dict
 

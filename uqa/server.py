@@ -55,6 +55,7 @@ def prefect_api() -> Iterator[str]:
     if url:
         yield url
         return
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -85,7 +86,11 @@ def prefect_api() -> Iterator[str]:
                                 f"or start one with `prefect server start` and set PREFECT_API_URL). Its log:\n{tail}")
             time.sleep(0.3)
         previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url  # for processes we start (workers, the CLI)
+        # the environment (processes we start) and Prefect's global settings (threads that carry no
+        # settings context of their own, e.g. its event loop thread: without this they would start a
+        # temporary server of their own and send artifacts there)
+        os.environ["PREFECT_API_URL"] = url
+        refresh_global_settings_context()
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 try:
@@ -97,6 +102,7 @@ def prefect_api() -> Iterator[str]:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = previous
+            refresh_global_settings_context()
     finally:
         stop_tree(proc.pid, grace_s=5)
         server_log.unlink(missing_ok=True)

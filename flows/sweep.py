@@ -1,0 +1,224 @@
+"""The sweep flow: several settings tried as DVC experiments, the best one registered.
+
+uqa-sweep: the data stages run once, in the project (every trial restores them from the shared DVC
+cache); each trial is one child flow run of the pipeline with its overrides, i.e. one DVC experiment
+(flows/pipeline.py, uqa/experiment.py): in this process one after another, or, with
+`trial_deployment`, as runs of that deployment that a work pool's workers pick up, at most as many
+at once as the pool / queue / concurrency limit allows. Each child run gets an idempotency key made
+of the sweep's flow run and the trial's number, so a retried sweep never starts a trial twice. A
+failed trial is reported and the sweep goes on. The results come back through DVC (`dvc exp show`),
+never as in-memory results; the best trial by F1 (ties: the shorter run) is registered through the
+promotion gate, from its experiment's outputs; the project's params.yaml is never changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from uqa.runtime import apply_runtime_defaults
+
+apply_runtime_defaults()
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.states import Failed  # noqa: E402
+
+from flows.pipeline import STAGE_TASKS, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
+from uqa.errors import UserError  # noqa: E402
+from uqa.experiment import experiment_results, restored_experiment  # noqa: E402
+from uqa.params import deep_merge, load_params, overrides_to_nested, params_from_dict  # noqa: E402
+from uqa.stages import locked_workspace  # noqa: E402
+
+DATA_STAGES = ("source", "download", "filter", "tokenize")
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def grid_trials(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination, in the order the keys and values were given: [{'train.epochs': 1, ...}, ...]."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def parse_range(spec: str) -> tuple[float, float, str]:
+    """'1e-4:1e-2:log' -> (1e-4, 1e-2, 'log'); kinds: float (default), log, int."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise UserError(f"range {spec!r}: expected LOW:HIGH or LOW:HIGH:log or LOW:HIGH:int")
+    kind = parts[2] if len(parts) == 3 else "float"
+    if kind not in ("float", "log", "int"):
+        raise UserError(f"range {spec!r}: the kind must be float, log or int, not {kind!r}")
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UserError(f"range {spec!r}: LOW and HIGH must be numbers") from None
+    if not low < high:
+        raise UserError(f"range {spec!r}: LOW must be below HIGH")
+    return low, high, kind
+
+
+class RandomSearch:
+    """Optuna's ask-and-tell over the given ranges (TPE: random at first, then guided by the F1 told)."""
+
+    def __init__(self, ranges: dict[str, str], seed: int) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.distributions = {}
+        for key, spec in ranges.items():
+            low, high, kind = parse_range(spec)
+            self.distributions[key] = (optuna.distributions.IntDistribution(int(low), int(high)) if kind == "int"
+                                       else optuna.distributions.FloatDistribution(low, high, log=kind == "log"))
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self.pending: dict[int, Any] = {}
+
+    def ask(self, number: int) -> dict[str, Any]:
+        trial = self.study.ask(self.distributions)
+        self.pending[number] = trial
+        return dict(trial.params)
+
+    def tell(self, number: int, f1: float | None) -> None:
+        import optuna
+
+        trial = self.pending.pop(number)
+        if f1 is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, f1)
+
+
+def pick_winner(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best F1 among the completed trials; on a tie the one that ran for less time."""
+    done = [t for t in trials if t["state"] == "COMPLETED" and t.get("f1") is not None]
+    return min(done, key=lambda t: (-t["f1"], t.get("duration_s") or 0.0)) if done else None
+
+
+def sweep_markdown(trials: list[dict[str, Any]], winner: dict[str, Any] | None,
+                   registration: dict[str, Any] | None) -> str:
+    lines = ["# Sweep", "", "| trial | params | EM | F1 | duration | state | experiment |", "|---:|---|---:|---:|---:|---|---|"]
+    for t in trials:
+        em = f"{t['exact_match']:.2f}" if t.get("exact_match") is not None else "–"
+        f1 = f"{t['f1']:.2f}" if t.get("f1") is not None else "–"
+        mark = " **(winner)**" if winner is t else ""
+        lines.append(f"| {t['number']}{mark} | `{json.dumps(t['overrides'])}` | {em} | {f1} | "
+                     f"{t.get('duration_s', 0):.0f} s | {t['state']} | `{t.get('experiment') or '–'}` |")
+    lines.append("")
+    if winner is None:
+        lines.append("No trial completed: nothing registered.")
+    else:
+        r = registration or {}
+        lines.append(f"Winner: trial {winner['number']} (F1 {winner['f1']:.2f}), registered as "
+                     f"{r.get('name')} {r.get('version')}: {'promoted to prod' if r.get('promoted') else 'not promoted'} "
+                     f"({r.get('reason')}).")
+    return "\n".join(lines)
+
+
+def _flow_run_times(flow_run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = {str(i): client.read_flow_run(i) for i in flow_run_ids}
+    return {i: {"name": r.name, "state": r.state_type.value if r.state_type else "UNKNOWN",
+                "duration_s": r.total_run_time.total_seconds(), "message": r.state.message if r.state else ""}
+            for i, r in runs.items()}
+
+
+@flow(name="uqa-sweep")
+def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, ranges: dict[str, str] | None = None,
+              samples: int = 0, seed: int = 0, trial_deployment: str | None = None) -> dict[str, Any]:
+    """Try each setting of `grid` ({'train.learning_rate': [1e-3, 2e-3], ...}, every combination), or
+    `samples` settings drawn from `ranges` ({'train.learning_rate': '1e-4:1e-2:log'}); register the best."""
+    logger = get_run_logger()
+    handler, saved = _bridge_logs()
+    root = Path(project_dir).resolve()
+    try:
+        if bool(grid) == bool(ranges and samples > 0):
+            raise UserError("give either a grid, or ranges with samples > 0")
+        base = load_params(root / "params.yaml")
+        search = RandomSearch(ranges or {}, seed) if ranges else None
+        planned = grid_trials(grid) if grid else [search.ask(i) for i in range(samples)]
+        for overrides in planned:  # every trial's params are checked before anything runs
+            params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(overrides)), f"trial {overrides}")
+        sweep_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
+
+        with locked_workspace(root, command="uqa-sweep (data stages)", flow_run=flow_run.get_name()):
+            upstream: list[Any] = []
+            for stage_task in (t for t in STAGE_TASKS if t.name in DATA_STAGES):
+                state = stage_task(str(root), return_state=True, wait_for=upstream)
+                upstream = [state]
+                if state.is_failed():
+                    raise UserError(f"data stages failed, no trial started: {state.message}")
+
+        trials = _run_trials(root, planned, sweep_id, trial_deployment, search)
+        winner = pick_winner(trials)
+        registration = _register_winner(root, base, winner) if winner else None
+        create_markdown_artifact(sweep_markdown(trials, winner, registration), key="uqa-sweep",
+                                 description="Every trial of this sweep and the winner")
+        if winner:
+            logger.info("winner: trial %d (%s), F1 %.2f", winner["number"], winner["overrides"], winner["f1"])
+        return {"trials": trials, "winner": winner, "registration": registration}
+    except UserError as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
+    finally:
+        _unbridge_logs(handler, saved)
+
+
+def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_deployment: str | None,
+                search: RandomSearch | None) -> list[dict[str, Any]]:
+    logger = get_run_logger()
+    trials = [{"number": i, "overrides": o, "state": "SCHEDULED"} for i, o in enumerate(planned)]
+    run_ids: dict[int, str] = {}
+    if trial_deployment is None:  # no work pool: in this process, one after another
+        for t in trials:
+            logger.info("trial %d/%d: %s", t["number"] + 1, len(trials), t["overrides"])
+            state = uqa_pipeline(project_dir=str(root), overrides=overrides_to_nested(t["overrides"]),
+                                 return_state=True)
+            run_ids[t["number"]] = str(state.state_details.flow_run_id)
+            _record(root, t, run_ids[t["number"]], search)
+        return trials
+    from prefect.deployments import run_deployment
+
+    for t in trials:  # submitted at once; the pool's workers and limits decide how many run together
+        child = run_deployment(
+            trial_deployment, parameters={"project_dir": str(root), "overrides": overrides_to_nested(t["overrides"])},
+            idempotency_key=f"uqa-sweep-{sweep_id}-trial-{t['number']}", timeout=0, as_subflow=True)
+        run_ids[t["number"]] = str(child.id)
+        logger.info("trial %d: flow run %s (%s)", t["number"], child.name, t["overrides"])
+    waiting = set(run_ids)
+    while waiting:
+        time.sleep(5)
+        info = _flow_run_times([run_ids[n] for n in waiting])
+        for n in list(waiting):
+            if info[run_ids[n]]["state"] in FINAL_STATES:
+                waiting.discard(n)
+                _record(root, trials[n], run_ids[n], search)
+    return trials
+
+
+def _record(root: Path, trial: dict[str, Any], run_id: str, search: RandomSearch | None) -> None:
+    """Fill in a finished trial from its flow run (state, duration) and its DVC experiment (metrics)."""
+    info = _flow_run_times([run_id])[run_id]
+    trial.update(state=info["state"], duration_s=info["duration_s"], flow_run=info["name"])
+    results = experiment_results(root).get(info["name"]) if info["state"] == "COMPLETED" else None
+    if results:
+        trial.update(experiment=info["name"], f1=results["metrics"].get("f1"),
+                     exact_match=results["metrics"].get("exact_match"), rev=results["rev"])
+    else:
+        trial["message"] = info["message"]
+        get_run_logger().warning("trial %d %s: %s", trial["number"], info["state"].lower(), info["message"])
+    if search is not None:
+        search.tell(trial["number"], trial.get("f1"))
+
+
+def _register_winner(root: Path, base: Any, winner: dict[str, Any]) -> dict[str, Any]:
+    from tasks.register import register
+
+    params = params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(winner["overrides"])))
+    with locked_workspace(root, command="uqa-sweep (register)", flow_run=flow_run.get_name()), \
+            restored_experiment(root, winner["experiment"], winner["rev"]) as run_dir:
+        return register(params, root=root, run_dir=run_dir)
