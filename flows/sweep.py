@@ -203,7 +203,7 @@ def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_
 def _record(root: Path, trial: dict[str, Any], run_id: str, search: RandomSearch | None) -> None:
     """Fill in a finished trial from its flow run (state, duration) and its DVC experiment (metrics)."""
     info = _flow_run_times([run_id])[run_id]
-    trial.update(state=info["state"], duration_s=info["duration_s"], flow_run=info["name"])
+    trial.update(state=info["state"], duration_s=info["duration_s"], flow_run=info["name"], flow_run_id=run_id)
     results = experiment_results(root).get(info["name"]) if info["state"] == "COMPLETED" else None
     if results:
         trial.update(experiment=info["name"], f1=results["metrics"].get("f1"),

@@ -26,7 +26,8 @@ from typing import Any
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, TransientError, UserError
 from uqa.params import Params
-from uqa.registry import PROD, Registry, next_version
+from uqa.predict import INFERENCE_FILE, registry_settings
+from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,80 @@ def weights_sha256(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+CARD_TAGS = ["extractive-qa", "urdu", "uqa", "squad_v2"]
+
+
+def _hub_id(name: Any) -> bool:
+    """A Hub repo id (not a local path): what the card's base_model / datasets fields may name."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from uqa.hub import looks_local
+
+    if not isinstance(name, str) or looks_local(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _score(metrics: dict[str, Any], key: str) -> float | None:
+    """A metric as a float, or None when metrics/eval.json does not have it (never a made-up 0)."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def card_metadata(name: str, params: Params, metrics: dict[str, Any], download: dict[str, Any]) -> Any:
+    """The card's YAML front matter as huggingface_hub's ModelCardData, model-index included.
+
+    Every value goes through huggingface_hub's YAML dump, so a data.source such as
+    `{train: "a: b.parquet"}` or a path with `#` in it is quoted, not pasted into the YAML."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    source = params.data.source
+    source_text = source if isinstance(source, str) else json.dumps(source, ensure_ascii=False)
+    on_hub = download.get("kind") == "hub" if download.get("kind") else _hub_id(source)
+    revision = (download.get("resolved_revision") or params.data.revision) if on_hub else None
+    results = [
+        EvalResult(task_type="question-answering", task_name="Extractive Question Answering",
+                   dataset_type=source_text, dataset_name="UQA", dataset_split="validation",
+                   dataset_revision=revision, metric_type=metric, metric_value=value, metric_name=label)
+        for metric, label in (("exact_match", "SQuAD v2 EM"), ("f1", "SQuAD v2 F1"))
+        if (value := _score(metrics, metric)) is not None
+    ]
+    base = params.model.name if params.model.init == "pretrained" and _hub_id(params.model.name) else None
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="question-answering",
+        language=["ur"],
+        license="cc-by-sa-4.0",
+        tags=list(CARD_TAGS),
+        base_model=base,
+        datasets=[source] if on_hub else None,
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+
+
 def model_card(name: str, version: str, params: Params, metrics: dict[str, Any], download: dict[str, Any],
                train: dict[str, Any], promoted: bool, reason: str) -> str:
-    base = params.model.name if params.model.init == "pretrained" else f"from scratch ({params.model.config})"
+    """README.md of a registered version: Hub metadata (ModelCardData, model-index) and the human part."""
+    from huggingface_hub import ModelCard
+
+    if params.model.init == "pretrained":
+        base = params.model.name
+    else:
+        base = f"from scratch ({json.dumps(params.model.config, ensure_ascii=False)})"
     m = metrics
+    source = params.data.source
     lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: question-answering",
-        "language: [ur]",
-        "license: cc-by-sa-4.0",
-        "tags: [extractive-qa, urdu, uqa, squad_v2]",
-        "model-index:",
-        f"- name: {name}",
-        "  results:",
-        "  - task: {type: question-answering}",
-        f"    dataset: {{name: UQA, type: {params.data.source if isinstance(params.data.source, str) else 'files'}}}",
-        "    metrics:",
-        f"    - {{type: exact_match, value: {m.get('exact_match', 0):.2f}, name: SQuAD v2 EM}}",
-        f"    - {{type: f1, value: {m.get('f1', 0):.2f}, name: SQuAD v2 F1}}",
-        "---",
-        "",
         f"# {name} {version}",
         "",
         f"Extractive question answering for Urdu, fine-tuned on UQA with uqa-pipeline. Base model: {base}.",
@@ -82,24 +136,35 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         "",
         "| metric | official SQuAD v2 normalization | Urdu normalization |",
         "|---|---:|---:|",
-        f"| exact match | {m.get('exact_match', 0):.2f} | {m.get('urdu_exact_match', 0):.2f} |",
-        f"| F1 | {m.get('f1', 0):.2f} | {m.get('urdu_f1', 0):.2f} |",
+        f"| exact match | {_cell(_score(m, 'exact_match'))} | {_cell(_score(m, 'urdu_exact_match'))} |",
+        f"| F1 | {_cell(_score(m, 'f1'))} | {_cell(_score(m, 'urdu_f1'))} |",
         "",
-        f"{m.get('n_questions', 0)} questions, mode {m.get('mode', '?')}.",
+        f"{m.get('n_questions', '?')} questions, mode {m.get('mode', '?')}.",
     ]
-    if "best_f1_thresh" in m:
-        lines.append(f"No-answer threshold (null - best span margin): {m.get('no_answer_threshold')}.")
+    if m.get("no_answer_threshold") is not None:
+        lines.append(f"No-answer threshold (null - best span margin): {m['no_answer_threshold']}.")
     lines += [
         "",
         "## Data",
         "",
-        f"- source: `{json.dumps(params.data.source)}` (revision {params.data.revision})",
+        "source (`data.source`):",
+        "",
+        "```json",
+        json.dumps(source, ensure_ascii=False),
+        "```",
+        "",
+        f"- revision: {params.data.revision if params.data.revision is not None else 'newest'}",
+    ]
+    if download.get("resolved_revision"):
+        lines.append(f"- resolved Hub commit: `{download['resolved_revision']}`")
+    lines += [
         f"- keep_unanswerable: {params.data.keep_unanswerable}",
-        f"- rows: {download.get('rows')}",
+        f"- rows: {json.dumps(download.get('rows'), ensure_ascii=False)}",
     ]
     for split, files in (download.get("files") or {}).items():
         for f in files if isinstance(files, list) else []:
-            lines.append(f"- {split}: `{Path(f['path']).name}` sha256 `{f['sha256']}`")
+            size = f" ({f['size']} bytes)" if isinstance(f.get("size"), int) else ""
+            lines.append(f"- {split}: `{Path(str(f.get('path'))).name}`{size} sha256 `{f.get('sha256')}`")
     lines += [
         "",
         "## Training",
@@ -126,7 +191,9 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         "transformers 5 removed `pipeline(\"question-answering\")`; with transformers 4.x it loads this directory too.",
         "",
     ]
-    return "\n".join(lines)
+    data = card_metadata(name, params, metrics, download)
+    # parsed back by ModelCard on the way out: front matter that does not load fails here, not on the Hub
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -196,10 +263,42 @@ def _push_and_record(registry: Registry, index: dict[str, Any], entry: dict[str,
     return url
 
 
+def _tag(registry: Registry, entry: dict[str, Any]) -> None:
+    """Give an index record its GTO version tag (and prod assignment); idempotent."""
+    version = entry["version"]
+    vdir = registry.version_dir(version)
+    if version not in registry.gto_versions():
+        files = {f"{registry.name}/{version}/{n}": vdir / n for n in ("README.md", "registration.json")}
+        missing = [str(f) for f in files.values() if not f.exists()]
+        if missing:
+            raise RegistryInconsistent(
+                f"{registry.index_path} records {version} with GTO tags pending, but {', '.join(missing)} "
+                f"is missing: restore the registry (`dvc pull registry`) and run again")
+        registry.git_register(version, files, message=json.dumps(entry["metrics"] | {
+            "weights_sha256": entry["weights_sha256"]}))
+    if PROD in entry.get("stages", []) and registry.stage_version(PROD) != version:
+        registry.git_promote(version, entry.get("reason", ""))
+    entry["gto"] = "tagged"
+
+
+def finish_pending_tags(registry: Registry, index: dict[str, Any]) -> None:
+    pending = [e for e in index["versions"] if e.get("gto") == "pending"]
+    if not pending or not registry.uses_git:
+        return
+    for entry in pending:
+        log.warning("register: %s %s was recorded but a run stopped before tagging it; tagging it now",
+                    registry.name, entry["version"])
+        _tag(registry, entry)
+    atomic_write_json(registry.index_path, index)
+
+
 def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR,
-             metrics_file: Path = METRICS_FILE) -> dict[str, Any]:
+             metrics_file: Path = METRICS_FILE, run_dir: Path | None = None) -> dict[str, Any]:
+    """Register models/final of `run_dir` (default: `root`, the project whose registry this is; a
+    sweep registers its winning experiment's outputs from that experiment's workspace)."""
     root = Path(root)
-    model_dir, metrics_file = root / model_dir, root / metrics_file
+    run_dir = Path(run_dir) if run_dir is not None else root
+    model_dir, metrics_file = run_dir / model_dir, run_dir / metrics_file
     for dep in (model_dir, metrics_file):
         if not dep.exists():
             raise UserError(f"{dep} is missing: run the train and evaluate stages first")
@@ -207,7 +306,12 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     metrics, f1 = read_metrics(metrics_file)
     registry = Registry(root, cfg.name)
     digest = weights_sha256(model_dir)
+    scored = (metrics.get("inference") or {}).get("weights_sha256")
+    if scored not in (None, digest):  # metrics of other weights must never vouch for these
+        raise DataError(f"{metrics_file} scored other weights than {model_dir}: rerun the evaluate stage "
+                        "(dvc repro evaluate)")
     index = registry.index()
+    finish_pending_tags(registry, index)  # a run killed between its index record and its GTO tags
     prod, prod_record = registry.verified_stage(PROD)  # RegistryInconsistent: stop, promote nothing
 
     latest = index["versions"][-1] if index["versions"] else None
@@ -237,8 +341,8 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
 
     # a version number GTO already has (e.g. from a run killed after tagging) must not be reused
     version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions())
-    download = read_json(root / DOWNLOAD_REPORT)
-    train = read_json(root / TRAIN_REPORT)
+    download = read_json(run_dir / DOWNLOAD_REPORT)
+    train = read_json(run_dir / TRAIN_REPORT)
     card = model_card(cfg.name, version, params, metrics, download, train, promote, reason)
     record = {
         "version": version,
@@ -254,19 +358,17 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         for f in sorted(model_dir.iterdir()):
             if f.is_file() and f.name not in MODEL_FILES_SKIP:
                 _link_or_copy(f, tmp / f.name)
+        # train's windowing + what evaluate applied (n_best, max_answer_length, no-answer threshold):
+        # a new file, renamed into place, so the hard-linked models/final/uqa_inference.json is untouched
+        atomic_write_json(tmp / INFERENCE_FILE, registry_settings(model_dir, metrics, digest))
         (tmp / "README.md").write_text(card, encoding="utf-8")
         atomic_write_json(tmp / "registration.json", record)
-    if registry.uses_git:
-        vdir = registry.version_dir(version)
-        registry.git_register(
-            version,
-            {f"{cfg.name}/{version}/README.md": vdir / "README.md",
-             f"{cfg.name}/{version}/registration.json": vdir / "registration.json"},
-            message=json.dumps(record["metrics"] | {"weights_sha256": digest}),
-        )
-        if promote:
-            registry.git_promote(version, reason)
+    # the index record comes first and says what is still to do; the GTO tags follow. A run killed in
+    # between leaves a record marked pending, which the next run completes (finish_pending_tags)
+    # instead of finding tags that no record vouches for.
     entry = dict(record, stages=[PROD] if promote else [])
+    if registry.uses_git:
+        entry["gto"] = "pending"
     push = cfg.push_to_hub and promote
     if push:  # pending until the push succeeds: a run killed mid-push is retried too
         entry["hub"] = {"repo_id": cfg.hub_repo_id, "pushed": False, "url": None, "error": None}
@@ -275,6 +377,9 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
             other["stages"] = [s for s in other.get("stages", []) if s != PROD]
     index["versions"].append(entry)
     atomic_write_json(registry.index_path, index)
+    if registry.uses_git:
+        _tag(registry, entry)
+        atomic_write_json(registry.index_path, index)
 
     hub_url = _push_and_record(registry, index, entry, cfg.hub_repo_id) if push else None
     new_prod = version if promote else prod

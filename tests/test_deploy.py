@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def test_deployment_has_the_weekly_schedule(deployed_run):
     assert (schedule["cron"], schedule["timezone"]) == ("0 2 * * 1", "Asia/Karachi")
     assert deployment["work_pool_name"] == "uqa-local"
     assert deployment["parameters"]["project_dir"] == "."
+    # one run at a time; a second one waits for a slot instead of racing the first
+    assert deployment["concurrency_limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
 
 def test_run_shows_stages_artifacts_and_library_logs(deployed_run):
@@ -111,10 +115,36 @@ def test_run_shows_stages_artifacts_and_library_logs(deployed_run):
     assert all(SECRET not in (a.get("data") or "") for a in artifacts)
 
 
-def test_flow_run_page_renders_in_a_browser(deployed_run):
+def find_chromium() -> str:
+    """The browser for the page test. Outside CI a missing one skips the test; with CI set (CI=true, as
+    GitHub Actions and GitLab CI set it) it fails it: there a missing browser is a broken image,
+    and a skip would pass the build without anyone having looked at the page."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("chromium is not installed (.ci/run installs it)")
+    if chromium:
+        return chromium
+    if os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}:
+        pytest.fail(f"CI={os.environ['CI']} but chromium is not installed: the flow-run page was not "
+                    "checked (.ci/run installs it)", pytrace=False)
+    pytest.skip("chromium is not installed (.ci/run installs it; with CI=true this fails instead)")
+
+
+@pytest.mark.parametrize("ci", ["true", "1", None])
+def test_a_missing_browser_fails_in_ci(monkeypatch, ci):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+        with pytest.raises(pytest.skip.Exception):
+            find_chromium()
+    else:
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+            find_chromium()
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert find_chromium() == "/usr/bin/chromium"
+
+
+def test_flow_run_page_renders_in_a_browser(deployed_run):
+    chromium = find_chromium()
     url, flow_run_id, _ = deployed_run
     ui = url.removesuffix("/api")
     out_dir = REPO / "reports" / "ui"
@@ -141,3 +171,99 @@ def test_flow_run_page_renders_in_a_browser(deployed_run):
     artifact_dom = browse(f"/artifacts/artifact/{metrics_id}", "--dump-dom")
     browse(f"/artifacts/artifact/{metrics_id}", f"--screenshot={out_dir / 'metrics-artifact.png'}")
     assert "Evaluation metrics" in artifact_dom and "Urdu-normalized" in artifact_dom
+
+
+def test_cancelling_a_deployment_run_stops_training(prefect_server, tmp_path):
+    """`prefect flow-run cancel` (the UI's Cancel) on a run a process worker is training: the flow-run
+    process gets SIGTERM from the worker, and the launcher and the rank go with it."""
+    from test_faults import marked, training, wait_until
+
+    url = prefect_server
+    mark = uuid.uuid4().hex
+    project = make_project(tmp_path / "project", demo_tiny_params(epochs=40))
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO), UQA_TEST_MARK=mark,
+               PREFECT_WORKER_QUERY_SECONDS="2")  # the worker notices the cancellation sooner
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("--no-prompt", "deploy", "-n", "weekly", env=env)
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "uqa-local", "--limit", "1"],
+        cwd=REPO, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        out = prefect_cli("deployment", "run", "uqa-pipeline/weekly", "--param", f"project_dir={project}", env=env)
+        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+        assert wait_until(lambda: training(mark), 420), Path(worker_log.name).read_text()[-5000:]
+        prefect_cli("flow-run", "cancel", flow_run_id, env=env)
+        cancelled = time.monotonic()
+
+        def stage_processes() -> list[str]:
+            return [p for p in marked(mark) if "train_worker" in p or "accelerate" in p]
+
+        assert wait_until(lambda: not stage_processes(), 30), stage_processes()
+        assert time.monotonic() - cancelled < 30
+        assert wait_until(lambda: api(url, f"/flow_runs/{flow_run_id}")["state_type"] == "CANCELLED", 60)
+    finally:
+        stop_process_group(worker, grace=30)
+        worker_log.close()
+
+
+IMAGE = "ghcr.io/example/uqa-pipeline:cuda12"
+
+
+def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
+    """`prefect deploy --all` against a real server once the pools exist; the docker and kubernetes
+    jobs, rendered from the pools' base job templates exactly as their workers render them, carry the
+    image, the GPU request and the environment, and their pull steps clone + `dvc pull`."""
+    import asyncio
+
+    import yaml
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    url = prefect_server
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO), UQA_IMAGE=IMAGE,
+               UQA_GIT_REPOSITORY="https://git.example.invalid/uqa-pipeline.git", UQA_GIT_BRANCH="main")
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("work-pool", "create", "uqa-gpu-docker", "--type", "docker", "--overwrite", env=env)
+    prefect_cli("work-pool", "create", "uqa-gpu-k8s", "--type", "kubernetes", "--overwrite", "--base-job-template",
+                str(REPO / "deploy" / "k8s-gpu-job-template.json"), env=env)
+    prefect_cli("--no-prompt", "deploy", "--all", env=env)
+
+    names = [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]]
+    assert {"weekly", "trial", "weekly-gpu-docker", "weekly-gpu-k8s"} <= set(names)
+    deployed = {n: api(url, f"/deployments/name/uqa-pipeline/{n}") for n in names}
+    for name, d in deployed.items():
+        assert d["entrypoint"] == "flows/pipeline.py:uqa_pipeline", name
+        # the typed overrides: every params section in the run form
+        overrides = d["parameter_openapi_schema"]["definitions"]["ParamsOverrides"]["properties"]
+        assert set(overrides) == {"data", "model", "tokenize", "train", "evaluate", "register"}
+    train_fields = deployed["weekly"]["parameter_openapi_schema"]["definitions"]["TrainParamsOverrides"]["properties"]
+    assert {"type": "number", "exclusiveMinimum": 0} in train_fields["learning_rate"]["anyOf"]
+
+    def render(config_cls, pool: str, deployment: dict):
+        template = api(url, f"/work_pools/{pool}")["base_job_template"]
+        return asyncio.run(config_cls.from_template_and_values(template, deployment["job_variables"]))
+
+    for name in ("weekly-gpu-docker", "weekly-gpu-k8s"):
+        steps = deployed[name]["pull_steps"]
+        clone = steps[0]["prefect.deployments.steps.git_clone"]
+        assert clone["repository"] == env["UQA_GIT_REPOSITORY"] and clone["branch"] == "main"
+        assert "dvc pull" in steps[1]["prefect.deployments.steps.run_shell_script"]["script"]
+        assert deployed[name]["parameters"]["project_dir"] == "."  # the clone, not a path on this machine
+
+    docker = render(DockerWorkerJobConfiguration, "uqa-gpu-docker", deployed["weekly-gpu-docker"])
+    assert docker.image == IMAGE
+    assert docker.container_create_kwargs["device_requests"] == [
+        {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+    assert docker.env["DO_NOT_TRACK"] == "1" and docker.env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+    k8s = render(KubernetesWorkerJobConfiguration, "uqa-gpu-k8s", deployed["weekly-gpu-k8s"])
+    container = k8s.job_manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == IMAGE
+    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert str(container["resources"]["requests"]["nvidia.com/gpu"]) == "1"
+    assert container["resources"]["limits"]["memory"] == "48Gi"
+    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    assert env_vars["DO_NOT_TRACK"] == "1" and env_vars["DVC_NO_ANALYTICS"] == "1"
+    assert k8s.job_manifest["metadata"]["namespace"] == "ml"

@@ -169,3 +169,111 @@ def test_predict_cli_batch_mode_and_bad_input(git_project, tmp_path, capsys):
     rows.drop(columns=["context"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
     assert main(["predict", "--project", str(git_project), "--input", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl: missing column 'context'" in capsys.readouterr().err
+
+
+# a data.source that broke the hand-written YAML front matter: ': ' and '#' in paths, a list, Urdu
+HOSTILE_SOURCE = {"train": "/data/uqa: v2/train #1.parquet",
+                  "validation": ["rel/val: part-0 #a.jsonl", "اردو/val'\"{x}: 1.jsonl"]}
+
+
+def _front_matter(card_text: str) -> dict:
+    """The README's YAML front matter read with a plain YAML parser (not huggingface_hub's)."""
+    import yaml
+
+    assert card_text.startswith("---\n")
+    return yaml.safe_load(card_text[4:].split("\n---\n", 1)[0])
+
+
+def test_model_card_metadata_round_trips_a_hostile_source(tmp_path):
+    """The card is built with huggingface_hub's ModelCardData/EvalResult: read back, its model-index
+    has EM and F1, and a data.source with ': ' and '#' in it comes back exactly as given."""
+    from huggingface_hub import ModelCard
+
+    _model(tmp_path, 1)
+    _metrics(tmp_path, 60.0)
+    files = {"train": [{"path": HOSTILE_SOURCE["train"], "size": 123, "sha256": "a" * 64}],
+             "validation": [{"path": p, "size": 7, "sha256": f"{i}" * 64}
+                            for i, p in enumerate(HOSTILE_SOURCE["validation"])]}
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "download.json").write_text(json.dumps(
+        {"source": HOSTILE_SOURCE, "kind": "files", "files": files, "rows": {"train": 10, "validation": 4}}))
+    params = params_from_dict({"data": {"source": HOSTILE_SOURCE}, "register": {"min_f1": 0.0}})
+    readme = Path(register(params, tmp_path)["model_card"])
+
+    card = ModelCard.load(readme)
+    meta = card.data.to_dict()
+    assert meta == _front_matter(readme.read_text(encoding="utf-8"))  # what the Hub's YAML parser sees
+    assert {k: meta[k] for k in ("library_name", "pipeline_tag", "language", "license", "base_model")} == {
+        "library_name": "transformers", "pipeline_tag": "question-answering", "language": ["ur"],
+        "license": "cc-by-sa-4.0", "base_model": "xlm-roberta-base"}
+    assert {"extractive-qa", "urdu", "uqa", "squad_v2"} <= set(meta["tags"])
+    assert "datasets" not in meta  # local files are not a Hub dataset id
+    assert meta["model-index"][0]["name"] == "uqa-qa"
+    results = card.data.eval_results
+    assert [(r.metric_type, r.metric_value) for r in results] == [("exact_match", 55.0), ("f1", 60.0)]
+    for r in results:
+        assert (r.task_type, r.dataset_name, r.dataset_split, r.dataset_revision) == (
+            "question-answering", "UQA", "validation", None)
+        assert json.loads(r.dataset_type) == HOSTILE_SOURCE  # exactly, not split at ': ' or cut at '#'
+
+    text = card.text  # the human part
+    assert "| exact match | 55.00 | 56.00 |" in text and "| F1 | 60.00 | 61.00 |" in text
+    assert f"```json\n{json.dumps(HOSTILE_SOURCE, ensure_ascii=False)}\n```" in text
+    assert f"- train: `train #1.parquet` (123 bytes) sha256 `{'a' * 64}`" in text
+    assert f"sha256 `{'1' * 64}`" in text
+    assert '"learning_rate": 2e-05' in text  # the training params
+    assert "uqa predict --model" in text
+    record = json.loads((readme.parent / "registration.json").read_text())
+    assert record["data_source"] == HOSTILE_SOURCE
+
+
+@pytest.mark.parametrize("init", ["pretrained", "scratch"])
+def test_model_card_for_a_hub_dataset(tmp_path, init):
+    """A Hub source: datasets and the model-index name it, with the commit download resolved."""
+    from huggingface_hub import ModelCard
+
+    _model(tmp_path, 1)
+    _metrics(tmp_path, 70.0)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "download.json").write_text(json.dumps(
+        {"source": "uqa/UQA", "kind": "hub", "revision": "v1.0", "resolved_revision": sha,
+         "rows": {"train": 100, "validation": 10}}))
+    model = {"init": init} if init == "pretrained" else {"init": "scratch", "config": dict(TINY)}
+    params = params_from_dict({"data": {"source": "uqa/UQA", "revision": "v1.0"}, "model": model,
+                               "register": {"min_f1": 0.0}})
+    card = ModelCard.load(register(params, tmp_path)["model_card"])
+    meta = card.data.to_dict()
+    assert meta["datasets"] == ["uqa/UQA"]
+    assert meta.get("base_model") == ("xlm-roberta-base" if init == "pretrained" else None)
+    assert {(r.metric_type, r.metric_value, r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {
+        ("exact_match", 65.0, "uqa/UQA", sha), ("f1", 70.0, "uqa/UQA", sha)}
+    assert f"- resolved Hub commit: `{sha}`" in card.text and "- revision: v1.0" in card.text
+
+
+def test_model_card_never_invents_a_score():
+    """A metric eval.json does not have is 'n/a' in the table and absent from the model-index (not 0)."""
+    from huggingface_hub import ModelCard
+
+    from tasks.register import model_card
+
+    text = model_card("uqa-qa", "v0.0.1", params_from_dict({}), {"f1": 42.5}, {}, {}, True, "first")
+    card = ModelCard(text)
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("f1", 42.5)]
+    assert card.data.eval_results[0].dataset_revision is None  # not known without reports/download.json
+    assert "| exact match | n/a | n/a |" in card.text and "| F1 | 42.50 | n/a |" in card.text
+
+
+def test_model_card_quotes_a_hostile_directory_source():
+    """A local directory source with ': ' and ' #' in it: the YAML the old f-string card wrote did not load."""
+    from huggingface_hub import ModelCard
+
+    from tasks.register import model_card
+
+    source = "/data/uqa: v2 #1/"
+    text = model_card("uqa-qa", "v0.0.1", params_from_dict({"data": {"source": source}}),
+                      {"exact_match": 1.0, "f1": 2.0}, {}, {}, True, "first")
+    meta = _front_matter(text)
+    assert meta["model-index"][0]["results"][0]["dataset"] == {"name": "UQA", "type": source, "split": "validation"}
+    assert "datasets" not in meta  # a path, not a Hub dataset id
+    assert {r.dataset_type for r in ModelCard(text).data.eval_results} == {source}

@@ -231,3 +231,180 @@ def test_no_push_for_a_version_not_in_prod(registered, monkeypatch):
     assert register(params, registered)["promoted"] is False
     assert register(params, registered)["hub_url"] is None
     assert "hub" not in Registry(registered, NAME).record("v0.0.2")
+
+
+class HubStandIn:
+    """A local stand-in for the Hub's API on 127.0.0.1: just the calls `HfApi.create_repo` and
+    `HfApi.upload_folder` make (huggingface_hub 1.x/2.x), every file answered as a regular (non-LFS)
+    upload. It requires `Authorization: Bearer <token>` on every API call, records what it was sent,
+    and can refuse the next commit with an error whose text echoes the Authorization header."""
+
+    def __init__(self, token: str):
+        import http.server
+        import threading
+
+        self.token = token
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization header)
+        self.commits: list[dict[str, bytes]] = []  # {path_in_repo: content} per accepted commit
+        self.validated: list[str] = []  # README.md texts sent to /api/validate-yaml
+        self.fail_next_commit = False
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while size := int(self.rfile.readline().strip() or b"0", 16):
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return out
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                stand_in.requests.append(("GET", self.path, self.headers.get("Authorization")))
+                self._send(404, {"error": "not here"})  # e.g. the client's optional agent-harness list
+
+            def do_POST(self):
+                auth = self.headers.get("Authorization")
+                stand_in.requests.append(("POST", self.path, auth))
+                body = self._body()
+                if auth != f"Bearer {stand_in.token}":
+                    return self._send(401, {"error": "Invalid credentials in Authorization header"})
+                stand_in.handle(self, self.path.split("?")[0], body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def handle(self, h, path: str, body: bytes) -> None:
+        import base64
+
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            return h._send(200, {"url": f"{self.url}/{req['organization']}/{req['name']}"})
+        if path == "/api/validate-yaml":  # what the Hub does with README.md before a commit
+            from huggingface_hub import ModelCard
+
+            content = json.loads(body)["content"]
+            self.validated.append(content)
+            try:
+                ModelCard(content)
+            except Exception as exc:
+                return h._send(400, {"errors": [{"message": str(exc)}]})
+            return h._send(200, {"errors": [], "warnings": []})
+        parts = path.split("/")  # /api/models/{org}/{name}/{preupload|commit}/{revision}
+        if len(parts) == 7 and parts[:3] == ["", "api", "models"] and parts[5] == "preupload":
+            files = json.loads(body)["files"]
+            return h._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                           for f in files]})
+        if len(parts) == 7 and parts[:3] == ["", "api", "models"] and parts[5] == "commit":
+            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+            assert lines[0]["key"] == "header"
+            if self.fail_next_commit:  # a refusal whose body quotes the request's credentials back
+                self.fail_next_commit = False  # (a 403: the client would retry a 5xx with backoff)
+                return h._send(403, {"error": f"Authorization: Bearer {self.token} may not write here"},
+                               {"X-Error-Message": f"this token may not write to {parts[3]}/{parts[4]}"})
+            files = {}
+            for line in lines[1:]:
+                assert line["key"] == "file" and line["value"]["encoding"] == "base64", line["key"]
+                files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+            self.commits.append(files)
+            oid = f"{len(self.commits):040x}"
+            return h._send(200, {"commitUrl": f"{self.url}/{parts[3]}/{parts[4]}/commit/{oid}",
+                                 "commitOid": oid, "pullRequestUrl": None})
+        h._send(404, {"error": f"the stand-in does not answer {path}"})
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_hub_push_reads_and_sends_the_token_and_never_records_it(registered, monkeypatch, caplog):
+    """End to end over HTTP: register with push_to_hub against a local stand-in for the Hub (HF_ENDPOINT).
+    The stand-in only accepts the token from HF_TOKEN, so the push proves it was read and sent; the first
+    commit fails with an error quoting the token, the rerun pushes; no log record, report, index,
+    registration, card or git object carries the token."""
+    import subprocess
+
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import close_session
+
+    token = "hf_standInSecret" + "Q7x9" * 6
+    caplog.set_level(logging.DEBUG)
+    for name in ("huggingface_hub", "httpx2", "httpx", "httpcore"):  # their own levels would drop DEBUG
+        caplog.set_level(logging.DEBUG, logger=name)
+    with HubStandIn(token) as hub:
+        monkeypatch.setenv("HF_TOKEN", token)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        # huggingface_hub reads these at import, before this test could set the environment
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HF_DEBUG", True)  # it logs each request as a curl command too
+        close_session()  # a client made before this test would not see NO_PROXY
+        try:
+            params = params_from_dict({"register": {"min_f1": 0.0, "push_to_hub": True, "hub_repo_id": "me/uqa"}})
+            hub.fail_next_commit = True
+            with pytest.raises(TransientError, match=r"push to the Hub \(me/uqa\) failed: .*403") as info:
+                register(params, registered)
+            assert "403 Forbidden: this token may not write to me/uqa" in str(info.value)
+            assert token in str(info.value.__context__) and token not in str(info.value)  # the echo is dropped
+            assert hub.commits == [] and Registry(registered, NAME).record("v0.0.2")["hub"]["pushed"] is False
+
+            report = register(params, registered)  # same weights: the push is retried, and goes through
+        finally:
+            close_session()
+
+    vdir = registered / "registry" / NAME / "v0.0.2"
+    assert (report["version"], report["promoted"]) == ("v0.0.2", True)
+    assert report["hub_url"] == f"{hub.url}/me/uqa/commit/{1:040x}"
+    assert Registry(registered, NAME).record("v0.0.2")["hub"] == {
+        "repo_id": "me/uqa", "pushed": True, "url": report["hub_url"], "error": None}
+    # the token went out, as a bearer token, on every API call
+    api_calls = [(m, p) for m, p, _ in hub.requests if p.startswith("/api/") and "agent-harnesses" not in p]
+    assert api_calls == 2 * [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
+                             ("POST", "/api/models/me/uqa/preupload/main"), ("POST", "/api/models/me/uqa/commit/main")]
+    assert all(auth == f"Bearer {token}" for _, p, auth in hub.requests if (("POST", p) in api_calls))
+    # the version directory, file for file, byte for byte; its card passed the stand-in's YAML check
+    (uploaded,) = hub.commits
+    assert sorted(uploaded) == sorted(p.name for p in vdir.iterdir())
+    assert {"README.md", "config.json", "model.safetensors", "registration.json"} <= set(uploaded)
+    assert all(uploaded[name] == (vdir / name).read_bytes() for name in uploaded)
+    assert hub.validated[-1] == (vdir / "README.md").read_text(encoding="utf-8")
+
+    # the client's own DEBUG logs were captured, its curl dump of each request among them
+    assert any("authenticated: True" in r.getMessage() for r in caplog.records)
+    assert any("authorization: <TOKEN>" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        assert token not in record.getMessage() and token not in str(record.args), record.name
+    assert token not in caplog.text
+    written = [registered / "reports" / "register.json", registered / "registry" / NAME / "index.json",
+               vdir / "registration.json", vdir / "README.md"]
+    written += [p for p in registered.rglob("*") if p.is_file() and ".git" not in p.parts]
+    for path in written:
+        assert token.encode() not in path.read_bytes(), path
+    objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=registered,
+                             capture_output=True, check=True).stdout  # commits, tags, tag messages
+    assert b"uqa-qa@v0.0.2" in objects and token.encode() not in objects

@@ -1,0 +1,130 @@
+"""uqa sweep: trials as DVC experiments, in-process without a server and as deployment runs on a
+process work pool with two workers; the winner registered through the gate; params.yaml untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, demo_tiny_params, make_project, run_ok, stop_process_group
+
+from flows.sweep import RandomSearch, grid_trials, parse_range, pick_winner
+from uqa.errors import UserError
+
+# 10 optimizer steps per trial: a sweep of four in a few minutes on two cores
+FAST = demo_tiny_params(max_steps=10)
+GRID = ["--grid", "train.learning_rate=1e-3,2e-3", "--grid", "train.epochs=1,2"]
+
+
+def test_grid_is_every_combination_in_order():
+    assert grid_trials({"train.learning_rate": [1e-3, 2e-3], "train.epochs": [1, 2]}) == [
+        {"train.learning_rate": 1e-3, "train.epochs": 1}, {"train.learning_rate": 1e-3, "train.epochs": 2},
+        {"train.learning_rate": 2e-3, "train.epochs": 1}, {"train.learning_rate": 2e-3, "train.epochs": 2}]
+
+
+def test_ranges_are_checked_and_random_search_is_seeded():
+    assert parse_range("1e-4:1e-2:log") == (1e-4, 1e-2, "log")
+    for bad in ("1", "2:1", "a:b", "1:2:cubic"):
+        with pytest.raises(UserError, match="range"):
+            parse_range(bad)
+    draws = []
+    for _ in range(2):
+        search = RandomSearch({"train.learning_rate": "1e-4:1e-2:log", "train.epochs": "1:3:int"}, seed=7)
+        draws.append([search.ask(i) for i in range(3)])
+    assert draws[0] == draws[1]
+    assert all(1e-4 <= d["train.learning_rate"] <= 1e-2 and d["train.epochs"] in (1, 2, 3) for d in draws[0])
+
+
+def test_winner_is_the_best_f1_and_on_a_tie_the_shorter_run():
+    trials = [{"number": 0, "state": "COMPLETED", "f1": 80.0, "duration_s": 50},
+              {"number": 1, "state": "COMPLETED", "f1": 90.0, "duration_s": 70},
+              {"number": 2, "state": "COMPLETED", "f1": 90.0, "duration_s": 40},
+              {"number": 3, "state": "FAILED", "duration_s": 1}]
+    assert pick_winner(trials)["number"] == 2
+    assert pick_winner([trials[3]]) is None
+
+
+def _experiments(project) -> dict:
+    shown = json.loads(run_ok([sys.executable, "-m", "dvc", "exp", "show", "--json"], project).stdout)
+    return {rev["name"]: rev["data"] for base in shown for exp in (base.get("experiments") or [])
+            for rev in exp["revs"]}
+
+
+def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
+    project = make_project(tmp_path / "project", FAST)
+    params_before = (project / "params.yaml").read_bytes()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PREFECT_API_URL", None)  # a laptop: no server, `uqa` starts its own temporary one
+    r = subprocess.run([sys.executable, "-m", "uqa.cli", "sweep", "--project", str(project), *GRID],
+                       cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if re.match(r"trial \d: COMPLETED", line)]
+    assert len(lines) == 4, r.stdout[-3000:]
+    names = [line.rsplit("experiment ", 1)[1] for line in lines]
+    exps = _experiments(project)
+    for name in names:  # each trial is a DVC experiment with its params and F1
+        assert exps[name]["metrics"]["metrics/eval.json"]["data"]["f1"] >= 0
+    lrs = sorted(exps[n]["params"]["params.yaml"]["data"]["train"]["learning_rate"] for n in names)
+    assert lrs == [1e-3, 1e-3, 2e-3, 2e-3]
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert re.search(r"registered uqa-qa v0\.0\.1 \((promoted to prod|not promoted): ", r.stdout), r.stdout[-2000:]
+    from uqa.registry import Registry
+
+    assert [v["version"] for v in Registry(project, "uqa-qa").versions()] == ["v0.0.1"]
+    assert not any((project / ".dvc/tmp/uqa-exps").glob("*"))  # every trial's worktree is gone
+
+
+@pytest.mark.slow
+def test_sweep_on_a_work_pool_with_two_workers(prefect_server, tmp_path):
+    """Trials as runs of the `trial` deployment that two process workers pick up; a retried parent
+    gets the same child runs back (idempotency keys); the sweep artifact lists every trial."""
+    from prefect.deployments import run_deployment
+    from test_deploy import api, prefect_cli
+
+    from flows.sweep import uqa_sweep
+
+    url = prefect_server
+    project = make_project(tmp_path / "project", FAST)
+    params_before = (project / "params.yaml").read_bytes()
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("--no-prompt", "deploy", "-n", "trial", env=env)
+    workers = [subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "uqa-local",
+                                 "--limit", "1"], cwd=REPO, env=env, stdout=open(tmp_path / f"worker{i}.log", "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    try:
+        started = time.monotonic()
+        state = uqa_sweep(project_dir=str(project), grid={"train.learning_rate": [1e-3, 2e-3], "train.epochs": [1, 2]},
+                          trial_deployment="uqa-pipeline/trial", return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        print(f"4 trials on 2 workers: {time.monotonic() - started:.0f} s")
+    finally:
+        for w in workers:
+            stop_process_group(w, grace=30)
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETED"] * 4, trials
+    exps = _experiments(project)
+    assert all(t["experiment"] in exps for t in trials)
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert result["registration"]["version"] == "v0.0.1"
+
+    # a retried sweep asks for the same trials again: the same flow runs come back, none starts twice
+    sweep_run = str(state.state_details.flow_run_id)
+    for t in trials:
+        again = run_deployment("uqa-pipeline/trial", parameters={"project_dir": str(project)},
+                               idempotency_key=f"uqa-sweep-{sweep_run}-trial-{t['number']}", timeout=0)
+        assert str(again.id) == t["flow_run_id"]
+    runs = api(url, "/flow_runs/filter", {"deployments": {"name": {"any_": ["trial"]}}})
+    assert sorted(r["id"] for r in runs) == sorted(t["flow_run_id"] for t in trials)
+
+    artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [sweep_run]}}})
+    sweep = next(a for a in artifacts if a["key"] == "uqa-sweep")["data"]
+    assert all(f"`{t['experiment']}`" in sweep for t in trials) and "**(winner)**" in sweep
