@@ -359,7 +359,7 @@ def _run_experiment(root: Path, overrides: dict[str, Any], push: bool) -> Any:
             result = _run_stages(workspace, push, register=False)
         if isinstance(result, State):
             return result
-        save_experiment(workspace, name)
+        save_experiment(workspace, name, [t.name for t in STAGE_TASKS if t is not register_task])
     result["experiment"] = name
     create_markdown_artifact(experiment_markdown(name, overrides, result["metrics"]), key="uqa-experiment",
                              description="This run as a DVC experiment")

@@ -203,7 +203,7 @@ def evaluate(params: Params, model_dir: Path = MODEL_DIR, features_dir: Path = F
 
     started = time.time()
     logits = window_logits(model, windows, tokenizer.pad_token_id, params.train.eval_batch_size,
-                           params.train.precision, device)
+                           params.train.precision, device, progress="evaluate")
     inference_s = time.time() - started
     spans = spans_for_windows(logits, windows, params.evaluate.n_best, params.evaluate.max_answer_length)
     rows = examples.iloc[spans.example]

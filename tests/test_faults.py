@@ -213,8 +213,14 @@ def test_interrupted_training_stops_every_process_and_one_run_holds_the_workspac
     run.wait()
     assert wait_until(lambda: not marked(mark), 10), marked(mark)
 
-    # the workspace is free again (the dead run's lock went with it) and a run completes
-    run = _uqa(root, mark, "-S", "train.epochs=1", home=home)
+    # the workspace is free again (the dead run's lock went with it) and a run completes (one epoch:
+    # params.yaml edited as a user would; `-S` would make the run an experiment in its own workspace)
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+    run = _uqa(root, mark, home=home)
     rc, out = _finish(run, 600)
     assert rc == 0, out[-5000:]
     assert "a previous run (uqa-pipeline flow run" in out  # the SIGKILLed one, reported, not an obstacle

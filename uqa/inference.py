@@ -39,8 +39,12 @@ class WindowLogits:
 
 
 def window_logits(model, windows: Windows, pad_token_id: int, batch_size: int = 32, precision: str = "auto",
-                  device=None) -> WindowLogits:
+                  device=None, progress: str | None = None) -> WindowLogits:
+    """`progress`: a label for a progress bar on the terminal (none when stderr is not a terminal)."""
+    import sys
+
     import torch
+    from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device
     model.eval()
@@ -52,7 +56,9 @@ def window_logits(model, windows: Windows, pad_token_id: int, batch_size: int = 
     order = np.argsort(-lengths, kind="stable")  # longest first: similar lengths share a batch
     dtype = autocast_dtype(precision, device)
     use_types = windows.token_type_ids is not None
-    with torch.inference_mode():
+    bar = tqdm(total=n, desc=progress, unit="window", leave=False, file=sys.stderr,
+               disable=progress is None or not sys.stderr.isatty())
+    with torch.inference_mode(), bar:
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             lens = lengths[idx]
@@ -75,6 +81,7 @@ def window_logits(model, windows: Windows, pad_token_id: int, batch_size: int = 
             for row, w in enumerate(idx):
                 start[w, : lens[row]] = s[row, : lens[row]]
                 end[w, : lens[row]] = e[row, : lens[row]]
+            bar.update(len(idx))
     return WindowLogits(start, end)
 
 

@@ -75,13 +75,22 @@ def watch_supervisor(token: str | None = None, interval_s: float = 1.0) -> threa
     if not token:
         return None
 
-    def watch() -> None:
-        while is_alive(token):
-            time.sleep(interval_s)
+    def stop() -> None:
         # no cleanup to do that is worth a hang: a half-written checkpoint is skipped on resume
         print(f"error: train: the supervising process ({token.split(':')[0]}) is gone; stopping this rank",
               file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    # checked here, synchronously, once the parent-death signal is armed: a supervisor that died
+    # while this process was starting (its launcher gone too, so the signal will never come) is
+    # caught now, not when a thread gets its turn between the main thread's imports
+    if not is_alive(token):
+        stop()
+
+    def watch() -> None:
+        while is_alive(token):
+            time.sleep(interval_s)
+        stop()
 
     thread = threading.Thread(target=watch, name="uqa-supervisor-watch", daemon=True)
     thread.start()

@@ -83,7 +83,9 @@ def describe_holder(root: Path) -> str:
     try:
         proc = psutil.Process(pid)
         started = datetime.fromtimestamp(proc.create_time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return f"{' '.join(proc.cmdline()[:6])} (pid {pid} on {socket.gethostname()}, started {started})"
+        command = " ".join(" ".join(proc.cmdline()).split())  # one line, however the command was quoted
+        command = command if len(command) <= 100 else command[:97] + "..."
+        return f"{command} (pid {pid} on {socket.gethostname()}, started {started})"
     except psutil.Error:
         return f"pid {pid} (no longer running)"
 
