@@ -264,6 +264,7 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
     assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
     assert str(container["resources"]["requests"]["nvidia.com/gpu"]) == "1"
     assert container["resources"]["limits"]["memory"] == "48Gi"
-    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    env = container["env"]  # the mapping here; the worker turns it into [{name, value}] per flow run
+    env_vars = env if isinstance(env, dict) else {e["name"]: e.get("value") for e in env}
     assert env_vars["DO_NOT_TRACK"] == "1" and env_vars["DVC_NO_ANALYTICS"] == "1"
     assert k8s.job_manifest["metadata"]["namespace"] == "ml"
