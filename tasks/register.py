@@ -14,7 +14,6 @@ same weights retries a push that is not recorded as done (the registration itsel
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from typing import Any
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, TransientError, UserError
 from uqa.params import Params
-from uqa.predict import INFERENCE_FILE, registry_settings
+from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)
@@ -41,15 +40,6 @@ DEPS = [str(MODEL_DIR), str(METRICS_FILE)]
 OUTS = ["registry"]
 METRICS = [str(REPORT)]
 MODEL_FILES_SKIP = {"training_args.bin"}  # pickled Python objects do not belong in a shipped model
-
-
-def weights_sha256(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 CARD_TAGS = ["extractive-qa", "urdu", "uqa", "squad_v2"]

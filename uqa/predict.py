@@ -55,7 +55,7 @@ class Answer:
 
 
 def weights_sha256(model_dir: str | Path) -> str:
-    """sha256 over the *.safetensors files in name order (tasks/register.py hashes the same way)."""
+    """sha256 over the *.safetensors files in name order: what evaluate records and register checks."""
     h = hashlib.sha256()
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with open(path, "rb") as fh:
