@@ -149,11 +149,19 @@ def save_experiment(worktree: Path, name: str, stages: list[str]) -> None:
     """`dvc exp save --name NAME STAGES...` of the worktree, with its run's untracked records (dvc.lock,
     metrics). Only the stages that ran are cached: an experiment never registers, and in a project
     that has never registered, the register stage's output does not exist."""
+    import fcntl
+
     untracked = [path for status, path in _workspace_changes(worktree) if status == "??"]
     args = ["exp", "save", "--name", name, "--force", *stages]
     for path in untracked:
         args += ["-I", path]
-    _dvc(worktree, *args)
+    # parallel trials share one git repository: two `dvc exp save` at once race on its experiment
+    # refs (DVC failed with "'NoneType' object is not subscriptable"), so saves take turns
+    common = Path(_git(worktree, "rev-parse", "--git-common-dir").strip())
+    common = common if common.is_absolute() else (worktree / common)
+    with open(common / "uqa-exp-save.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _dvc(worktree, *args)
 
 
 def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
