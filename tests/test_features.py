@@ -179,3 +179,60 @@ def test_uncovered_and_twin_offsets():
             assert not got.has_answer[0]
         else:
             assert (got.start_positions[0], got.end_positions[0]) == want, (s, e)
+
+
+def test_streamed_chunks_and_spill_files_give_the_whole_encoding(tmp_path, monkeypatch):
+    """The tokenize stage's path (chunks of rows through one tokenizer pipeline, tokens kept in spill
+    files between passes) gives the windows and labels of one `encode_pairs` over all rows."""
+    from uqa import features
+    from uqa.features import encode_stream, prepare_backend
+    from uqa.tokenizer import train_tokenizer
+
+    monkeypatch.setattr(features, "CHUNK", 3)  # several tokenizer calls per chunk, some across chunks
+    rng = np.random.default_rng(0)
+    words = [f"لفظ{i}" for i in range(40)]
+    contexts, questions, starts, ends = [], [], [], []
+    paragraphs = [" ".join(rng.choice(words, size=int(rng.integers(5, 40)))) for _ in range(9)]
+    for i in range(31):
+        context = paragraphs[int(rng.integers(0, len(paragraphs)))]  # repeated contexts, as in SQuAD
+        answer = context.split()[int(rng.integers(0, len(context.split())))]
+        s = context.index(answer) if i % 5 else -1
+        contexts.append(context)
+        questions.append(f"سوال {i} کیا ہے؟")
+        starts.append(s)
+        ends.append(s + len(answer) if s >= 0 else -1)
+    starts, ends = np.array(starts), np.array(ends)
+    tok = train_tokenizer(paragraphs + questions, vocab_size=300).backend_tokenizer
+    whole = encode_pairs(tok, questions, contexts)
+    layout = whole.layout(24, 4)
+    want_windows, want_labels = whole.assemble(layout), whole.labels(layout, starts, ends)
+    assert want_windows.n_windows > 2 * len(questions)  # long contexts in several windows
+
+    backend = prepare_backend(tok)
+    template = PairTemplate.of(backend)
+    bounds = [(0, 7), (7, 8), (8, 20), (20, 31)]
+    chunks = list(encode_stream(backend, template, ((questions[a:b], contexts[a:b]) for a, b in bounds)))
+    assert len(chunks) == len(bounds)
+    ids, labels_start, labels_end, has = [], [], [], []
+    for k, ((a, b), encoded) in enumerate(zip(bounds, chunks, strict=True)):
+        alone = encode_pairs(tok, questions[a:b], contexts[a:b])
+        for part in ("questions", "contexts"):
+            for field in ("ids", "offsets", "splits"):
+                assert np.array_equal(getattr(getattr(encoded, part), field), getattr(getattr(alone, part), field))
+        encoded.save(tmp_path / f"{k}.npz")
+        loaded = EncodedPairs.load(tmp_path / f"{k}.npz", template)
+        assert np.array_equal(loaded.context_of, alone.context_of)
+        lay = loaded.layout(24, 4)
+        windows = loaded.assemble(lay)
+        labels = loaded.labels(lay, starts[a:b], ends[a:b])
+        assert loaded.max_token_id() == int(windows.input_ids.max())
+        ids += [windows.input_ids[x:y].tolist() for x, y in zip(windows.row_splits[:-1], windows.row_splits[1:],
+                                                                 strict=True)]
+        labels_start.append(labels.start_positions)
+        labels_end.append(labels.end_positions)
+        has.append(labels.has_answer)
+    splits = want_windows.row_splits
+    assert ids == [want_windows.input_ids[x:y].tolist() for x, y in zip(splits[:-1], splits[1:], strict=True)]
+    assert np.array_equal(np.concatenate(labels_start), want_labels.start_positions)
+    assert np.array_equal(np.concatenate(labels_end), want_labels.end_positions)
+    assert np.array_equal(np.concatenate(has), want_labels.has_answer) and want_labels.has_answer.any()

@@ -205,3 +205,215 @@ def test_first_row_per_id():
     assert first_row_per_id(["a", "b", "a", "c", "b"]).tolist() == [0, 1, 3]
     frame = pd.DataFrame({"id": ["x", "x", "y"]})
     assert first_row_per_id(frame["id"].tolist()).tolist() == [0, 2]
+
+
+# --- the sharded, bounded-memory stage against the previous, whole-split-in-memory implementation ----
+
+
+def reference_tokenize_splits(params, in_dir, tokenizer_dir):
+    """The stage as it was before it wrote shards (kept here as the reference): every split tokenized
+    and windowed in memory at once. Returns ({split: features table}, report without timings) and
+    saves the tokenizer it used to `tokenizer_dir`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tasks.tokenize import SPLITS, features_table, get_tokenizer, split_stats
+    from uqa.features import encode_pairs
+    from uqa.modeling import sequence_limit
+
+    tables = {s: datasets.load_from_disk(str(in_dir / s)).data.table for s in SPLITS}
+    val_rows = first_row_per_id(tables["validation"].column("id").to_pylist())
+    tables["validation"] = tables["validation"].take(pa.array(val_rows))
+    columns = {s: {c: tables[s].column(c).to_pylist() for c in ("question", "context", "answer")} for s in SPLITS}
+    columns["validation"]["id"] = tables["validation"].column("id").to_pylist()
+    for s in SPLITS:
+        columns[s]["answer_start"] = tables[s].column("answer_start").to_numpy()
+        columns[s]["is_impossible"] = tables[s].column("is_impossible").to_numpy(zero_copy_only=False)
+    texts = (t for c in (columns["train"]["question"], columns["train"]["context"]) for t in c)
+    tokenizer = get_tokenizer(params, texts)
+    backend = tokenizer.backend_tokenizer
+    with_type_ids = "token_type_ids" in tokenizer.model_input_names
+    limit = sequence_limit(params.model, tokenizer)
+    stride = params.tokenize.stride
+    encoded = {s: encode_pairs(backend, columns[s]["question"], columns[s]["context"], with_type_ids) for s in SPLITS}
+    longest = int(max(encoded[s].lengths.max() for s in SPLITS))
+    if params.tokenize.max_seq_length == "auto":
+        max_seq_length = min(longest, limit)
+    else:
+        max_seq_length = int(params.tokenize.max_seq_length)
+    report = {
+        "max_seq_length": max_seq_length,
+        "max_seq_length_param": params.tokenize.max_seq_length,
+        "longest_pair_tokens": longest,
+        "model_limit": limit,
+        "stride": stride,
+        "tokenizer": params.model.tokenizer_source or "trained on train split",
+        "vocab_size": len(tokenizer),
+    }
+    out = {}
+    for split in SPLITS:
+        c = columns[split]
+        layout = encoded[split].layout(max_seq_length, stride)
+        windows = encoded[split].assemble(layout, with_offsets=split == "validation")
+        starts = c["answer_start"].astype(np.int64)
+        ends = starts + pc.utf8_length(tables[split].column("answer")).to_numpy(zero_copy_only=False)
+        answerable = ~c["is_impossible"].astype(bool)
+        starts = np.where(answerable, starts, -1)
+        labels = encoded[split].labels(layout, starts, ends, cls_index=0)
+        extra = None
+        if split == "validation":
+            wte = windows.window_to_example
+            extra = {
+                "example_index": pa.array(val_rows[wte].astype(np.int32)),
+                "example_id": pa.array([c["id"][i] for i in wte.tolist()], type=pa.string()),
+                "offset_start": pa.ListArray.from_arrays(pa.array(windows.row_splits.astype(np.int32)),
+                                                         pa.array(windows.char_start)),
+                "offset_end": pa.ListArray.from_arrays(pa.array(windows.row_splits.astype(np.int32)),
+                                                       pa.array(windows.char_end)),
+            }
+        out[split] = features_table(windows, labels, extra)
+        report[split] = split_stats(windows, labels, c["context"], c["answer"], starts, answerable)
+    tokenizer.save_pretrained(str(tokenizer_dir))
+    return out, report
+
+
+def assert_same_as_reference(out_dir, report, reference, chunk_rows):
+    """Same rows in the same order, same columns and types, same report (but timings), and a
+    multi-shard save_to_disk directory that the train and evaluate stages read as before."""
+    import pyarrow.compute as pc
+
+    from tasks.train_worker import feature_lengths
+    from uqa.features import windows_from_table
+
+    tables, ref_report = reference
+    assert {k: v for k, v in report.items() if k != "seconds"} == ref_report
+    for split, ref in tables.items():
+        ds = datasets.load_from_disk(str(out_dir / split))
+        assert ds.features == datasets.Dataset(ref).features
+        assert ds.data.table.schema.equals(ref.schema)
+        assert ds.data.table.equals(ref), split
+        shards = sorted(p.name for p in (out_dir / split).glob("*.arrow"))
+        n = -(-ref_report[split]["examples"] // chunk_rows)
+        assert shards == [f"data-{k:05d}-of-{n:05d}.arrow" for k in range(n)]
+        state = json.loads((out_dir / split / "state.json").read_text())
+        assert [f["filename"] for f in state["_data_files"]] == shards
+        assert sorted(p.name for p in (out_dir / split).iterdir()) == sorted([*shards, "state.json",
+                                                                              "dataset_info.json"])
+    # what training reads: the lengths for length-grouped batches, from the Arrow table
+    train = datasets.load_from_disk(str(out_dir / "train"))
+    assert feature_lengths(train) == pc.list_value_length(tables["train"].column("input_ids")).to_pylist()
+    assert train[len(train) - 1]["input_ids"] == tables["train"].column("input_ids")[-1].as_py()
+    # what evaluation reads: the windows with their offsets and examples
+    got = windows_from_table(datasets.load_from_disk(str(out_dir / "validation")).data.table)
+    want = windows_from_table(tables["validation"])
+    for field in ("input_ids", "char_start", "char_end", "row_splits", "window_to_example"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
+    assert [p.name for p in out_dir.iterdir() if p.name.startswith(".")] == []  # no spill, no temporaries
+
+
+def tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_filtered(tmp_path_factory):
+    """The shipped demo data through download + filter, unanswerable rows kept, and a validation
+    split that repeats ids (a later row with an earlier id and another question: it must be skipped)."""
+    from conftest import DEMO_SOURCE
+
+    from uqa.params import deep_merge
+
+    root = tmp_path_factory.mktemp("demo")
+    rows = [json.loads(line) for line in open(DEMO_SOURCE["validation"], encoding="utf-8")]
+    with open(root / "validation.jsonl", "w", encoding="utf-8") as fh:
+        for i, row in enumerate(rows):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if i % 7 == 3:
+                fh.write(json.dumps(dict(rows[i - 3], question=rows[i - 3]["question"] + " اور"),
+                                    ensure_ascii=False) + "\n")
+    from conftest import demo_tiny_params
+
+    base = deep_merge(demo_tiny_params(), {"data": {"source": {"train": DEMO_SOURCE["train"],
+                                                               "validation": str(root / "validation.jsonl")},
+                                                    "keep_unanswerable": True}})
+    params = params_from_dict(base)
+    download(params.data, root / "raw", root / "download.json")
+    filter_rows(params.data, root / "raw", root / "filtered", root / "filter.json")
+    return root, base
+
+
+@pytest.mark.parametrize("tokenize", [{"max_seq_length": "auto"}, {"max_seq_length": 40, "stride": 8}],
+                         ids=["auto", "windows-40-stride-8"])
+def test_shards_are_the_unsharded_output(demo_filtered, tokenize, tmp_path):
+    from uqa.params import deep_merge
+
+    root, base = demo_filtered
+    params = params_from_dict(deep_merge(base, {"tokenize": tokenize}))
+    reference = reference_tokenize_splits(params, root / "filtered", tmp_path / "ref-tokenizer")
+    assert reference[1]["validation"]["examples"] < len(datasets.load_from_disk(str(root / "filtered/validation")))
+    chunk_rows = 256  # 10 train shards, 2 validation shards
+    report = tokenize_splits(params, root / "filtered", tmp_path / "out", tmp_path / "tokenize.json",
+                             chunk_rows=chunk_rows)
+    assert_same_as_reference(tmp_path / "out", report, reference, chunk_rows)
+    assert json.loads((tmp_path / "tokenize.json").read_text()) == report
+    # the tokenizer trained on the streamed train texts is the one trained on them in memory
+    assert (tmp_path / "out/tokenizer/tokenizer.json").read_bytes() == \
+        (tmp_path / "ref-tokenizer/tokenizer.json").read_bytes()
+    if tokenize["max_seq_length"] == "auto":
+        return
+    assert report["train"]["features"] > 1.3 * report["train"]["examples"]  # long contexts in several windows
+    # two processes: byte for byte the same files (shards, state.json with its fingerprint, tokenizer)
+    params2 = params_from_dict(deep_merge(base, {"tokenize": {**tokenize, "num_proc": 2}}))
+    report2 = tokenize_splits(params2, root / "filtered", tmp_path / "out2", tmp_path / "tokenize2.json",
+                              chunk_rows=chunk_rows)
+    assert {k: v for k, v in report2.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
+    assert tree_bytes(tmp_path / "out2") == tree_bytes(tmp_path / "out")
+
+
+def test_a_failed_run_keeps_the_previous_output_and_leaves_nothing(demo_filtered, tmp_path):
+    from uqa.errors import UserError
+    from uqa.params import deep_merge
+
+    root, base = demo_filtered
+    out = tmp_path / "out"
+    tokenize_splits(params_from_dict(base), root / "filtered", out, tmp_path / "tokenize.json", chunk_rows=500)
+    before = tree_bytes(out)
+    # detected after the tokenizer pass, once spill files and some shards exist
+    bad = params_from_dict(deep_merge(base, {"tokenize": {"max_seq_length": 40, "stride": 30}}))
+    with pytest.raises(UserError, match="lower tokenize.stride"):
+        tokenize_splits(bad, root / "filtered", out, tmp_path / "tokenize.json", chunk_rows=500)
+    assert tree_bytes(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer", "train", "validation"]
+
+
+@needs_shared
+def test_real_uqa_sample_shards_are_the_unsharded_output(tmp_path):
+    """Real UQA rows (every 40th train row, the first 1,500 validation rows: repeated ids, both kinds
+    of question) with the Urdu tokenizer, several shards per split, in one and in two processes."""
+    import pyarrow.parquet as pq
+
+    from uqa.params import deep_merge
+
+    for split, rows in (("train", slice(None, None, 40)), ("validation", slice(0, 1500))):
+        table = pq.read_table(UQA_DIR / f"{split}.parquet")
+        index = np.arange(table.num_rows)[rows]
+        pq.write_table(table.take(index), tmp_path / f"{split}.parquet")
+    base = {
+        "data": {"source": {s: str(tmp_path / f"{s}.parquet") for s in ("train", "validation")},
+                 "keep_unanswerable": True},
+        "model": {"tokenizer": str(URDU_TOKENIZER), "init": "scratch", "config": TINY_CONFIG},
+    }
+    params = params_from_dict(base)
+    download(params.data, tmp_path / "raw", tmp_path / "download.json")
+    filter_rows(params.data, tmp_path / "raw", tmp_path / "filtered", tmp_path / "filter.json")
+    reference = reference_tokenize_splits(params, tmp_path / "filtered", tmp_path / "ref-tokenizer")
+    chunk_rows = 700
+    report = tokenize_splits(params, tmp_path / "filtered", tmp_path / "out", tmp_path / "tokenize.json",
+                             chunk_rows=chunk_rows)
+    assert report["max_seq_length"] == 512 and report["train"]["features"] > report["train"]["examples"]
+    assert report["validation"]["examples"] < 1500  # one example per id
+    assert_same_as_reference(tmp_path / "out", report, reference, chunk_rows)
+    params2 = params_from_dict(deep_merge(base, {"tokenize": {"num_proc": 2}}))
+    tokenize_splits(params2, tmp_path / "filtered", tmp_path / "out2", tmp_path / "tokenize2.json",
+                    chunk_rows=chunk_rows)
+    assert tree_bytes(tmp_path / "out2") == tree_bytes(tmp_path / "out")

@@ -5,13 +5,21 @@ per-row translation leaves 74,391 distinct contexts among its 83,018 answerable 
 question once, without special tokens; the windows are then assembled with numpy exactly as the
 tokenizer's own `truncation="only_second"` + `stride` + overflow would build them (the pair
 template read off the tokenizer). The whole-pair lengths that `max_seq_length: auto` needs come
-from the same pass. Labels are computed for all windows at once with numpy."""
+from the same pass. Labels are computed for all windows at once with numpy.
+
+The tokenize stage works on chunks of rows (`encode_stream`: one tokenizer pipeline through all of
+them) and keeps each chunk's tokens on disk between its length pass and its window pass
+(`EncodedPairs.save` / `load`), so its memory does not grow with the corpus."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -75,33 +83,73 @@ class _Texts:
         return np.diff(self.splits)
 
 
+class _TextsBuilder:
+    """Encodings (one tokenizer call's worth at a time) copied into flat numpy arrays."""
+
+    def __init__(self, with_offsets: bool) -> None:
+        self.with_offsets = with_offsets
+        self.ids_parts: list[np.ndarray] = []
+        self.off_parts: list[np.ndarray] = []
+        self.lengths: list[int] = []
+
+    def add(self, encodings) -> None:
+        chain = itertools.chain.from_iterable
+        n = [len(e.ids) for e in encodings]
+        total = sum(n)
+        self.lengths.extend(n)
+        self.ids_parts.append(np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total))
+        if self.with_offsets:
+            self.off_parts.append(np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int32,
+                                              count=2 * total).reshape(-1, 2))
+
+    def build(self) -> _Texts:
+        splits = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(np.asarray(self.lengths, dtype=np.int64), out=splits[1:])
+        ids = np.concatenate(self.ids_parts) if self.ids_parts else np.zeros(0, np.int32)
+        offsets = np.concatenate(self.off_parts) if self.off_parts else np.zeros((0, 2), np.int32)
+        return _Texts(ids, offsets, splits)
+
+
+def _pipelined(backend: Tokenizer, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """`items` are (tag, payload); a payload that is a list of texts comes back as their encodings
+    (without special tokens), anything else as it is, in order. The next list of texts is encoded
+    (in Rust, without the GIL) while the caller copies the current one into numpy, and the items
+    up to it (e.g. the next chunk of rows, read from disk) are produced meanwhile too."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    it = iter(items)
+    queue: deque[tuple[str, Any]] = deque()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def submit_next() -> None:  # queue items up to and including the next texts to encode
+            for tag, payload in it:
+                if isinstance(payload, list):
+                    queue.append((tag, pool.submit(backend.encode_batch, payload, add_special_tokens=False)))
+                    return
+                queue.append((tag, payload))
+
+        submit_next()
+        while queue:
+            tag, payload = queue.popleft()
+            if isinstance(payload, Future):
+                if not any(isinstance(p, Future) for _, p in queue):
+                    submit_next()
+                encodings = payload.result()
+                yield tag, encodings
+                del encodings
+            else:
+                if not queue:
+                    submit_next()
+                yield tag, payload
+
+
 def _tokenize_texts(backend: Tokenizer, texts: list[str], with_offsets: bool = True) -> _Texts:
     """Chunks of texts through the tokenizer; the next chunk is encoded (in Rust, without the GIL)
     while this one is copied into numpy."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    chain = itertools.chain.from_iterable
-    ids_parts, off_parts, lengths = [], [], []
-    chunks = [texts[a : a + CHUNK] for a in range(0, len(texts), CHUNK)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(backend.encode_batch, chunks[0], add_special_tokens=False) if chunks else None
-        for k in range(len(chunks)):
-            encodings = pending.result()
-            if k + 1 < len(chunks):
-                pending = pool.submit(backend.encode_batch, chunks[k + 1], add_special_tokens=False)
-            n = [len(e.ids) for e in encodings]
-            total = sum(n)
-            lengths.extend(n)
-            ids_parts.append(np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total))
-            if with_offsets:
-                off_parts.append(np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int32,
-                                             count=2 * total).reshape(-1, 2))
-            del encodings
-    splits = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.asarray(lengths, dtype=np.int64), out=splits[1:])
-    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
-    offsets = np.concatenate(off_parts) if off_parts else np.zeros((0, 2), np.int32)
-    return _Texts(ids, offsets, splits)
+    builder = _TextsBuilder(with_offsets)
+    for _, encodings in _pipelined(backend, (("t", list(texts[a : a + CHUNK])) for a in range(0, len(texts), CHUNK))):
+        builder.add(encodings)
+    return builder.build()
 
 
 @dataclass
@@ -149,6 +197,27 @@ class EncodedPairs:
     def lengths(self) -> np.ndarray:
         """Token count of each whole pair, special tokens included."""
         return (self.questions.lengths + self.contexts.lengths[self.context_of] + self.template.n_special)
+
+    def max_token_id(self) -> int:
+        """The largest id any window can hold: windows carry every question, every context token
+        (consecutive windows of a context touch or overlap) and the template's specials."""
+        t = self.template
+        return int(max(self.questions.ids.max(initial=0), self.contexts.ids.max(initial=0),
+                       *(x.max(initial=0) for x in (t.prefix, t.middle, t.suffix))))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """The tokens (not the template) to an .npz file: the tokenize stage keeps each chunk's tokens
+        on disk between its length pass and its window pass, so memory does not grow with the corpus."""
+        with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
+            np.savez(fh, q_ids=self.questions.ids, q_splits=self.questions.splits, c_ids=self.contexts.ids,
+                     c_offsets=self.contexts.offsets, c_splits=self.contexts.splits, context_of=self.context_of)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, template: PairTemplate, with_type_ids: bool = False) -> EncodedPairs:
+        with np.load(path) as z:
+            questions = _Texts(z["q_ids"], np.zeros((0, 2), np.int32), z["q_splits"])
+            contexts = _Texts(z["c_ids"], z["c_offsets"], z["c_splits"])
+            return cls(template, questions, contexts, z["context_of"], with_type_ids)
 
     def layout(self, max_seq_length: int, stride: int) -> WindowLayout:
         """Where tokenizer(q, c, truncation="only_second", max_length, stride, return_overflowing_tokens)
@@ -298,21 +367,60 @@ class WindowLayout:
     lengths: np.ndarray  # tokens in the window, special tokens included
 
 
-def encode_pairs(tokenizer: Tokenizer, questions: list[str], contexts: list[str],
-                 with_type_ids: bool = False) -> EncodedPairs:
+def prepare_backend(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of the tokenizer that neither pads nor truncates (what `encode_prepared` needs)."""
     backend = copy.deepcopy(tokenizer)
     backend.no_padding()
     backend.no_truncation()
-    distinct: dict[str, int] = {}
-    context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
-                             count=len(contexts))
-    return EncodedPairs(
-        template=PairTemplate.of(backend),
-        questions=_tokenize_texts(backend, list(questions), with_offsets=False),
-        contexts=_tokenize_texts(backend, list(distinct)),
-        context_of=context_of,
-        with_type_ids=with_type_ids,
-    )
+    return backend
+
+
+def encode_prepared(backend: Tokenizer, template: PairTemplate, questions: list[str], contexts: list[str],
+                    with_type_ids: bool = False) -> EncodedPairs:
+    """`encode_pairs` with the tokenizer copy and the template made once (`prepare_backend`,
+    `PairTemplate.of`)."""
+    [encoded] = encode_stream(backend, template, [(questions, contexts)], with_type_ids)
+    return encoded
+
+
+def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tuple[list[str], list[str]]],
+                  with_type_ids: bool = False) -> Iterator[EncodedPairs]:
+    """`encode_prepared` of each (questions, contexts) in `pairs`, one chunk of rows after another
+    through one tokenizer pipeline (the tokenize stage's chunks: the tokenizer never waits for the
+    next chunk to be read, and only the chunk being copied and the next one are in memory)."""
+
+    def items() -> Iterator[tuple[str, Any]]:
+        for questions, contexts in pairs:
+            distinct: dict[str, int] = {}
+            context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
+                                     count=len(contexts))
+            questions, texts = list(questions), list(distinct)
+            del distinct
+            yield "start", context_of
+            for a in range(0, len(questions), CHUNK):
+                yield "question", questions[a : a + CHUNK]
+            for a in range(0, len(texts), CHUNK):
+                yield "context", texts[a : a + CHUNK]
+            yield "end", None
+
+    context_of = None
+    builders: dict[str, _TextsBuilder] = {}
+    for tag, payload in _pipelined(backend, items()):
+        if tag == "start":
+            context_of = payload
+            builders = {"question": _TextsBuilder(with_offsets=False), "context": _TextsBuilder(with_offsets=True)}
+        elif tag == "end":
+            yield EncodedPairs(template, builders["question"].build(), builders["context"].build(), context_of,
+                               with_type_ids)
+            builders = {}
+        else:
+            builders[tag].add(payload)
+
+
+def encode_pairs(tokenizer: Tokenizer, questions: list[str], contexts: list[str],
+                 with_type_ids: bool = False) -> EncodedPairs:
+    backend = prepare_backend(tokenizer)
+    return encode_prepared(backend, PairTemplate.of(backend), questions, contexts, with_type_ids)
 
 
 def encode_windows(tokenizer: Tokenizer, questions: list[str], contexts: list[str], max_seq_length: int,
