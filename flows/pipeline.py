@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,12 @@ from prefect.states import Completed, Failed  # noqa: E402
 from tasks.train import TerminalProgress, describe_progress, progress_reporter  # noqa: E402
 from uqa.atomic import read_json  # noqa: E402
 from uqa.errors import TransientError, UserError  # noqa: E402
-from uqa.experiment import experiment_name, experiment_workspace, save_experiment  # noqa: E402
+from uqa.experiment import (  # noqa: E402
+    experiment_name,
+    experiment_workspace,
+    push_experiment,
+    save_experiment,
+)
 from uqa.params import (  # noqa: E402
     PARAMS_FILE,
     _plain,
@@ -50,6 +57,7 @@ from uqa.stages import (  # noqa: E402
     dvc_checkout,
     dvc_commit,
     dvc_push,
+    dvc_repo,
     dvc_status,
     locked_workspace,
     working_dir,
@@ -127,10 +135,10 @@ def run_stage(name: str, root: str, params_file: str = PARAMS_FILE) -> Any:
     status = dvc_status(root_path, name)
     if not status:
         logger.info("%s: up to date in dvc.lock, skipped", name)
-        return Completed(name="Cached", message=f"{name}: up to date in dvc.lock", data={"skipped": True})
+        return Completed(name="Cached", message=f"{name}: up to date in dvc.lock")
     if _only_missing_outputs(status) and dvc_checkout(root_path, name):
         logger.info("%s: outputs restored from the DVC cache", name)
-        return Completed(name="Cached", message=f"{name}: restored from the DVC cache", data={"skipped": True})
+        return Completed(name="Cached", message=f"{name}: restored from the DVC cache")
     logger.info("%s: running (%s)", name, status)
     try:
         with working_dir(root_path):
@@ -143,7 +151,11 @@ def run_stage(name: str, root: str, params_file: str = PARAMS_FILE) -> Any:
         logger.error("%s: %s", name, exc)
         return Failed(message=f"{name}: {exc}", data=exc)
     dvc_commit(root_path, name)
-    return result
+    # the stage's report is in its files; the task returns nothing. Prefect links a task to earlier
+    # ones by the id() of the objects it is handed, and the components of a returned report, once
+    # freed, had their ids reused: the UI's graph showed a spurious tokenize -> register edge
+    del result
+    return None
 
 
 def succeeded(result: Any) -> bool:
@@ -164,9 +176,28 @@ def _no_retry_on_bad_data(task, task_run, state) -> bool:
     return True
 
 
+def pinned_source(root: str) -> Any:
+    """A sweep's trial: data.source as the sweep resolved it (its data/source.json, from the DVC
+    cache), not as it is now: every trial trains on the same data even if the hub moved meanwhile."""
+    from tasks.source import FINGERPRINT as SOURCE_OUT
+
+    try:
+        with dvc_repo(Path(root)) as repo:
+            repo.checkout(targets=["source"])
+    except Exception as exc:  # noqa: BLE001 - reported as the stage's failure
+        return Failed(message=f"source: the sweep's data/source.json is not in the DVC cache ({exc}); "
+                              "dvc pull, or run the trial without the sweep")
+    if not (Path(root) / SOURCE_OUT).is_file():
+        return Failed(message="source: the sweep's data/source.json is not in the DVC cache")
+    get_run_logger().info("source: pinned by the sweep (%s restored, not resolved again)", SOURCE_OUT)
+    return Completed(name="Pinned", message="source: as the sweep resolved it")
+
+
 @task(name="source", cache_policy=NO_CACHE)
-def source_task(root: str) -> Any:
+def source_task(root: str, pinned: bool = False) -> Any:
     # always runs: resolves what data.source is now; download reruns only when that changed
+    if pinned:
+        return pinned_source(root)
     result = run_stage("source", root)
     if succeeded(result):
         from tasks.source import source_markdown
@@ -296,7 +327,7 @@ def _register_artifact(root: Path) -> None:
 
 @flow(name="uqa-pipeline")
 def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = None,
-                 push: bool = False, wait_for_lock_minutes: float = 0.0) -> dict[str, Any]:
+                 push: bool = False, wait_for_lock_minutes: float = 0.0, pin_source: bool = False) -> dict[str, Any]:
     """Run the pipeline in `project_dir` with its params.yaml as it is.
 
     With `overrides` (e.g. {"train": {"epochs": 1}}; typed by the params schema, so the UI's run form
@@ -304,14 +335,17 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
     named after this flow run, in its own worktree sharing the DVC cache (uqa/experiment.py):
     params.yaml is never edited, and nothing is registered. A plain run holds the workspace (DVC's
     repo lock) from start to end: another run, `dvc repro` or `dvc exp run` there fails at once, or
-    this run waits up to `wait_for_lock_minutes` for them, saying who holds it."""
+    this run waits up to `wait_for_lock_minutes` for them, saying who holds it.
+
+    `push` sends the results to the remotes (an experiment: `dvc exp push origin NAME`);
+    `pin_source` (a sweep's trials) keeps data.source as the run's data/source.json recorded it."""
     logger = get_run_logger()
     handler, saved = _bridge_logs()
     root = Path(project_dir).resolve()
     try:
         nested = overrides_dict(overrides)
         if nested:
-            return _run_experiment(root, nested, push)
+            return _run_experiment(root, nested, push, pin_source)
         with locked_workspace(root, wait_s=wait_for_lock_minutes * 60, command="uqa-pipeline flow run",
                               flow_run=flow_run.get_name()):
             return _run_stages(root, push)
@@ -322,7 +356,7 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
         _unbridge_logs(handler, saved)
 
 
-def _run_stages(root: Path, push: bool, register: bool = True) -> Any:
+def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool = False) -> Any:
     logger = get_run_logger()
     load_params(root / PARAMS_FILE)  # every mistyped param, before any stage does work
     r = str(root)
@@ -333,7 +367,8 @@ def _run_stages(root: Path, push: bool, register: bool = True) -> Any:
             stages[stage_task.name] = "Skipped (experiment)"
             continue
         # wait_for records the previous stage as this one's upstream: the UI draws the chain
-        state = stage_task(r, return_state=True, wait_for=upstream)
+        extra = {"pinned": True} if stage_task is source_task and pin_source else {}
+        state = stage_task(r, **extra, return_state=True, wait_for=upstream)
         upstream = [state]
         stages[stage_task.name] = state.name
         if state.is_failed():
@@ -346,7 +381,7 @@ def _run_stages(root: Path, push: bool, register: bool = True) -> Any:
     return {"metrics": metrics, "registration": registration, "stages": stages}
 
 
-def _run_experiment(root: Path, overrides: dict[str, Any], push: bool) -> Any:
+def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_source: bool = False) -> Any:
     logger = get_run_logger()
     params_from_dict(deep_merge(_plain(read_raw(root / PARAMS_FILE)), overrides),
                      f"{root / PARAMS_FILE} (with overrides)")  # a bad override fails before any work
@@ -356,16 +391,36 @@ def _run_experiment(root: Path, overrides: dict[str, Any], push: bool) -> Any:
     with experiment_workspace(root, name) as workspace:
         apply_overrides(workspace / PARAMS_FILE, overrides)
         with locked_workspace(workspace, command=f"uqa-pipeline experiment {name}", flow_run=name):
-            result = _run_stages(workspace, push, register=False)
+            result = _run_stages(workspace, push=False, register=False, pin_source=pin_source)
         if isinstance(result, State):
             return result
         save_experiment(workspace, name, [t.name for t in STAGE_TASKS if t is not register_task])
     result["experiment"] = name
+    if push:  # e.g. a sweep's trial on another machine: the results go back through git and DVC
+        push_experiment(root, name, EXPERIMENT_GIT_REMOTE)
+        logger.info("dvc exp push %s %s: the experiment's commit is on the git remote, its outputs on the "
+                    "default DVC remote", EXPERIMENT_GIT_REMOTE, name)
+        _remove_trial_clone(root)
     create_markdown_artifact(experiment_markdown(name, overrides, result["metrics"]), key="uqa-experiment",
                              description="This run as a DVC experiment")
     logger.info("saved as DVC experiment %r: `dvc exp show` lists it, `dvc exp apply %s` brings it into the "
                 "workspace", name, name)
     return result
+
+
+EXPERIMENT_GIT_REMOTE = "origin"  # the remote a clone (a trial's pull step) was made from
+TRIAL_CLONE_ENV = "UQA_TRIAL_CLONE_DIR"  # set by uqa-sweep for its trials on other machines
+
+
+def _remove_trial_clone(root: Path) -> None:
+    """A sweep's trial on another machine ran in a clone made for it alone (the `trial-remote`
+    deployment's pull step, named by the sweep): once its experiment is pushed, the clone (with its
+    DVC cache of data and checkpoints) is only disk space on the worker."""
+    if os.environ.get(TRIAL_CLONE_ENV) != root.name or not (root / ".git").is_dir():
+        return
+    os.chdir(root.parent)
+    shutil.rmtree(root, ignore_errors=True)
+    get_run_logger().info("removed this trial's clone %s (its experiment is pushed)", root)
 
 
 def experiment_markdown(name: str, overrides: dict[str, Any], metrics: dict[str, Any]) -> str:

@@ -144,6 +144,52 @@ def test_a_missing_browser_fails_in_ci(monkeypatch, ci):
     assert find_chromium() == "/usr/bin/chromium"
 
 
+def graph_fetched_by_page(chromium: str, flags: list[str], page_url: str, timeout: float = 90) -> dict:
+    """Open `page_url` in headless chromium driven over the DevTools protocol and return the body of
+    the flow-run graph (`/graph-v2`) response the page fetched to draw its graph."""
+    from conftest import free_port
+    from websockets.sync.client import connect
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen([chromium, *[f for f in flags if not f.startswith("--virtual-time")],
+                                 f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2).read())
+                    ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+                    break
+                except (OSError, StopIteration, ValueError):
+                    assert time.monotonic() < deadline and proc.poll() is None, "chromium's DevTools did not start"
+                    time.sleep(0.3)
+            with connect(ws_url, max_size=None, open_timeout=30) as ws:
+                ids = iter(range(1, 1_000_000))
+
+                def send(method: str, **params) -> int:
+                    n = next(ids)
+                    ws.send(json.dumps({"id": n, "method": method, "params": params}))
+                    return n
+
+                send("Network.enable")
+                send("Page.navigate", url=page_url)
+                graph_request, body_call = None, None
+                while time.monotonic() < deadline:
+                    msg = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+                    method, params = msg.get("method"), msg.get("params", {})
+                    if method == "Network.responseReceived" and "/graph-v2" in params["response"]["url"]:
+                        graph_request = params["requestId"]
+                    elif method == "Network.loadingFinished" and params.get("requestId") == graph_request:
+                        body_call = send("Network.getResponseBody", requestId=graph_request)
+                    elif body_call is not None and msg.get("id") == body_call:
+                        return json.loads(msg["result"]["body"])
+                raise AssertionError(f"the page {page_url} did not fetch its flow-run graph in {timeout:.0f} s")
+        finally:
+            stop_process_group(proc, grace=5)
+
+
 def test_flow_run_page_renders_in_a_browser(deployed_run):
     chromium = find_chromium()
     url, flow_run_id, _ = deployed_run
@@ -167,6 +213,17 @@ def test_flow_run_page_renders_in_a_browser(deployed_run):
     assert "uqa-pipeline" in dom and "Completed" in dom
     for stage in STAGES:  # task runs are named <stage>-<suffix> in the page
         assert re.search(rf">\s*{stage}-[0-9a-f]{{3}}\s*<", dom), stage
+
+    # the graph the page draws (a canvas: not in the DOM) is the chain of stages: read the graph data
+    # the page itself fetched, over the DevTools protocol, and follow its edges
+    graph = graph_fetched_by_page(chromium, flags, f"{ui}{page}")
+    label_of = {n["id"]: n["label"] for _, n in graph["nodes"]}
+    stage_of = {node_id: label.rsplit("-", 1)[0] for node_id, label in label_of.items()}
+    # (an edge can be listed twice: Prefect records wait_for both as an input and as an upstream run)
+    parents = {stage_of[n["id"]]: sorted({stage_of[e["id"]] for e in n["parents"]}) for _, n in graph["nodes"]}
+    chain = ["source", "download", "filter", "tokenize", "train", "evaluate", "register"]
+    assert parents == {stage: ([chain[i - 1]] if i else []) for i, stage in enumerate(chain)}, parents
+
     artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
     metrics_id = next(a["id"] for a in artifacts if a["key"] == "uqa-metrics")
     artifact_dom = browse(f"/artifacts/artifact/{metrics_id}", "--dump-dom")
