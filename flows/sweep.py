@@ -13,9 +13,11 @@ promotion gate, from its experiment's outputs; the project's params.yaml is neve
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,20 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
-from flows.pipeline import STAGE_TASKS, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
+from flows.pipeline import STAGE_TASKS, TRIAL_CLONE_ENV, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
 from uqa.errors import UserError  # noqa: E402
-from uqa.experiment import experiment_results, restored_experiment  # noqa: E402
+from uqa.experiment import (  # noqa: E402
+    experiment_name,
+    experiment_results,
+    publish_commit,
+    pull_experiments,
+    remote_url,
+    restored_experiment,
+    snapshot_commit,
+    unpublish,
+)
 from uqa.params import deep_merge, load_params, overrides_to_nested, params_from_dict  # noqa: E402
-from uqa.stages import locked_workspace  # noqa: E402
+from uqa.stages import dvc_push, locked_workspace  # noqa: E402
 
 DATA_STAGES = ("source", "download", "filter", "tokenize")
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -127,11 +138,54 @@ def _flow_run_times(flow_run_ids: list[str]) -> dict[str, dict[str, Any]]:
             for i, r in runs.items()}
 
 
+@dataclass
+class RemoteTrials:
+    """Trials on other machines: each clones the project at `commit` (published on `git_remote` as
+    `ref`), pulls the data stages' outputs from the default DVC remote, and `dvc exp push`es its
+    experiment back; the parent `dvc exp pull`s them."""
+
+    git_remote: str
+    url: str
+    commit: str
+    ref: str
+    env: dict[str, str]  # the trial deployment's own job environment, which the trial's env extends
+
+
+def _deployment_clones(trial_deployment: str) -> tuple[bool, dict[str, str]]:
+    """Whether the deployment's pull steps clone the project (trials on other machines), and its env."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(trial_deployment)
+    clones = any(any(key.endswith(".git_clone") for key in step) for step in deployment.pull_steps or [])
+    env = (deployment.job_variables or {}).get("env") or {}
+    return clones, {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+
+
+def _publish_workspace(root: Path, git_remote: str, sweep_id: str, env: dict[str, str]) -> RemoteTrials:
+    """The project as the data stages left it, for machines that clone it: a snapshot commit on the
+    git remote, and the data stages' outputs on the default DVC remote."""
+    url = remote_url(root, git_remote)
+    commit = snapshot_commit(root, f"uqa-sweep {sweep_id}: the workspace the trials start from")
+    ref = f"refs/uqa-sweeps/{sweep_id}"
+    publish_commit(root, git_remote, commit, ref)
+    pushed = dvc_push(root, targets=list(DATA_STAGES))
+    if pushed is None:
+        raise UserError(f"{root}: trials on other machines pull the tokenized data from the default DVC remote, "
+                        "and none is configured (dvc remote add -d NAME URL, then commit .dvc/config)")
+    get_run_logger().info("trials clone %s at %s (%s) and dvc pull the data (%s files pushed)", url, commit[:12],
+                          ref, pushed)
+    return RemoteTrials(git_remote, url, commit, ref, env)
+
+
 @flow(name="uqa-sweep")
 def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, ranges: dict[str, str] | None = None,
-              samples: int = 0, seed: int = 0, trial_deployment: str | None = None) -> dict[str, Any]:
+              samples: int = 0, seed: int = 0, trial_deployment: str | None = None,
+              git_remote: str = "origin") -> dict[str, Any]:
     """Try each setting of `grid` ({'train.learning_rate': [1e-3, 2e-3], ...}, every combination), or
-    `samples` settings drawn from `ranges` ({'train.learning_rate': '1e-4:1e-2:log'}); register the best."""
+    `samples` settings drawn from `ranges` ({'train.learning_rate': '1e-4:1e-2:log'}); register the best.
+    When `trial_deployment`'s pull steps clone the project (`trial-remote`), the trials run wherever
+    its workers are, from the project as published on `git_remote` and the default DVC remote."""
     logger = get_run_logger()
     handler, saved = _bridge_logs()
     root = Path(project_dir).resolve()
@@ -144,7 +198,11 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
         for overrides in planned:  # every trial's params are checked before anything runs
             params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(overrides)), f"trial {overrides}")
         sweep_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
+        clones, deployment_env = _deployment_clones(trial_deployment) if trial_deployment else (False, {})
+        if clones:
+            remote_url(root, git_remote)  # before any work: trials elsewhere need it
 
+        remote = None
         with locked_workspace(root, command="uqa-sweep (data stages)", flow_run=flow_run.get_name()):
             upstream: list[Any] = []
             for stage_task in (t for t in STAGE_TASKS if t.name in DATA_STAGES):
@@ -152,10 +210,17 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
                 upstream = [state]
                 if state.is_failed():
                     raise UserError(f"data stages failed, no trial started: {state.message}")
+            if clones:
+                remote = _publish_workspace(root, git_remote, sweep_id, deployment_env)
 
-        trials = _run_trials(root, planned, sweep_id, trial_deployment, search)
-        winner = pick_winner(trials)
-        registration = _register_winner(root, base, winner) if winner else None
+        try:
+            trials = _run_trials(root, planned, sweep_id, trial_deployment, search, remote)
+            winner = pick_winner(trials)
+            registration = _register_winner(root, base, winner, remote) if winner else None
+        finally:
+            if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
+                with contextlib.suppress(UserError):
+                    unpublish(root, remote.git_remote, remote.ref)
         create_markdown_artifact(sweep_markdown(trials, winner, registration), key="uqa-sweep",
                                  description="Every trial of this sweep and the winner")
         if winner:
@@ -169,7 +234,7 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
 
 
 def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_deployment: str | None,
-                search: RandomSearch | None) -> list[dict[str, Any]]:
+                search: RandomSearch | None, remote: RemoteTrials | None = None) -> list[dict[str, Any]]:
     logger = get_run_logger()
     trials = [{"number": i, "overrides": o, "state": "SCHEDULED"} for i, o in enumerate(planned)]
     run_ids: dict[int, str] = {}
@@ -177,15 +242,22 @@ def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_
         for t in trials:
             logger.info("trial %d/%d: %s", t["number"] + 1, len(trials), t["overrides"])
             state = uqa_pipeline(project_dir=str(root), overrides=overrides_to_nested(t["overrides"]),
-                                 return_state=True)
+                                 pin_source=_pins_source(t["overrides"]), return_state=True)
             run_ids[t["number"]] = str(state.state_details.flow_run_id)
             _record(root, t, run_ids[t["number"]], search)
         return trials
     from prefect.deployments import run_deployment
 
     for t in trials:  # submitted at once; the pool's workers and limits decide how many run together
+        parameters: dict[str, Any] = {"project_dir": str(root), "overrides": overrides_to_nested(t["overrides"]),
+                                      "pin_source": _pins_source(t["overrides"])}
+        job_variables = None
+        if remote is not None:  # a clone of its own at the sweep's commit; results pushed back
+            parameters.update(project_dir=".", push=True)
+            job_variables = {"env": {**remote.env, "UQA_TRIAL_REPOSITORY": remote.url, "UQA_TRIAL_COMMIT": remote.commit,
+                                     TRIAL_CLONE_ENV: f"uqa-trial-{sweep_id[:8]}-{t['number']}"}}
         child = run_deployment(
-            trial_deployment, parameters={"project_dir": str(root), "overrides": overrides_to_nested(t["overrides"])},
+            trial_deployment, parameters=parameters, job_variables=job_variables,
             idempotency_key=f"uqa-sweep-{sweep_id}-trial-{t['number']}", timeout=0, as_subflow=True)
         run_ids[t["number"]] = str(child.id)
         logger.info("trial %d: flow run %s (%s)", t["number"], child.name, t["overrides"])
@@ -196,15 +268,26 @@ def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_
         for n in list(waiting):
             if info[run_ids[n]]["state"] in FINAL_STATES:
                 waiting.discard(n)
-                _record(root, trials[n], run_ids[n], search)
+                _record(root, trials[n], run_ids[n], search, remote)
     return trials
 
 
-def _record(root: Path, trial: dict[str, Any], run_id: str, search: RandomSearch | None) -> None:
+def _pins_source(overrides: dict[str, Any]) -> bool:
+    """Trials train on the data the sweep resolved (unless a trial varies the data source itself)."""
+    return not any(key == "data" or key.startswith("data.") for key in overrides)
+
+
+def _record(root: Path, trial: dict[str, Any], run_id: str, search: RandomSearch | None,
+            remote: RemoteTrials | None = None) -> None:
     """Fill in a finished trial from its flow run (state, duration) and its DVC experiment (metrics)."""
     info = _flow_run_times([run_id])[run_id]
     trial.update(state=info["state"], duration_s=info["duration_s"], flow_run=info["name"], flow_run_id=run_id)
-    results = experiment_results(root).get(info["name"]) if info["state"] == "COMPLETED" else None
+    if remote is not None and info["state"] == "COMPLETED":
+        try:  # its commit (params, metrics); the winner's models come later
+            pull_experiments(root, remote.git_remote, [experiment_name(info["name"])], outputs=False)
+        except UserError as exc:
+            info["message"] = f"its experiment could not be fetched from {remote.git_remote}: {exc}"
+    results = experiment_results(root).get(experiment_name(info["name"])) if info["state"] == "COMPLETED" else None
     if results:
         trial.update(experiment=info["name"], f1=results["metrics"].get("f1"),
                      exact_match=results["metrics"].get("exact_match"), rev=results["rev"])
@@ -215,10 +298,12 @@ def _record(root: Path, trial: dict[str, Any], run_id: str, search: RandomSearch
         search.tell(trial["number"], trial.get("f1"))
 
 
-def _register_winner(root: Path, base: Any, winner: dict[str, Any]) -> dict[str, Any]:
+def _register_winner(root: Path, base: Any, winner: dict[str, Any], remote: RemoteTrials | None = None) -> dict[str, Any]:
     from tasks.register import register
 
     params = params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(winner["overrides"])))
+    if remote is not None:  # the winner's outputs (model, metrics) from the DVC remote into the cache
+        pull_experiments(root, remote.git_remote, [winner["experiment"]], outputs=True)
     with locked_workspace(root, command="uqa-sweep (register)", flow_run=flow_run.get_name()), \
             restored_experiment(root, winner["experiment"], winner["rev"]) as run_dir:
         return register(params, root=root, run_dir=run_dir)

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, demo_tiny_params, make_project, run_ok, stop_process_group
@@ -128,3 +129,73 @@ def test_sweep_on_a_work_pool_with_two_workers(prefect_server, tmp_path):
     artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [sweep_run]}}})
     sweep = next(a for a in artifacts if a["key"] == "uqa-sweep")["data"]
     assert all(f"`{t['experiment']}`" in sweep for t in trials) and "**(winner)**" in sweep
+
+
+def test_sweep_trials_on_other_machines(prefect_server, tmp_path):
+    """The `trial-remote` deployment: each trial clones the project at the sweep's snapshot commit
+    (from a bare git remote) into a directory of its own on its worker's "machine" (a directory the
+    project is not in), pulls the data from the DVC remote (a local directory), runs as a DVC
+    experiment and `dvc exp push`es it; the sweep `dvc exp pull`s them, registers the winner."""
+    from test_deploy import prefect_cli
+
+    from flows.sweep import uqa_sweep
+
+    url = prefect_server
+    project = make_project(tmp_path / "project", FAST)
+    params_before = (project / "params.yaml").read_bytes()
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("--no-prompt", "deploy", "-n", "trial-remote", env=env)
+
+    # no git remote to clone from: refused before any work, saying what to add
+    state = uqa_sweep(project_dir=str(project), grid={"train.epochs": [1]},
+                      trial_deployment="uqa-pipeline/trial-remote", return_state=True)
+    assert state.is_failed() and "has no git remote 'origin'" in state.message
+    assert not (project / "data").exists()
+
+    origin = tmp_path / "origin.git"
+    run_ok(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run_ok(["git", "remote", "add", "origin", str(origin)], project)
+    run_ok([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store")], project)
+    run_ok(["git", "commit", "-q", "-am", "a default DVC remote"], project)
+    run_ok(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], project)
+    head_before = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
+
+    machines = [tmp_path / f"machine-{c}" for c in "ab"]
+    workers = []
+    for m in machines:
+        m.mkdir()
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "uqa-local", "--limit", "1"], cwd=m,
+            env=dict(env, PWD=str(m)), stdout=open(tmp_path / f"{m.name}.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True))
+    try:
+        state = uqa_sweep(project_dir=str(project), grid={"train.learning_rate": [1e-3, 2e-3], "train.epochs": [1, 2]},
+                          trial_deployment="uqa-pipeline/trial-remote", return_state=True)
+    finally:
+        for w in workers:
+            stop_process_group(w, grace=30)
+    logs = "".join((tmp_path / f"{m.name}.log").read_text() for m in machines)
+    assert state.is_completed(), f"{state.message}\n{logs[-6000:]}"
+    result = state.result()
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETED"] * 4, trials
+    assert all(t["f1"] is not None for t in trials)
+
+    # every trial ran in a clone of its own on a worker's machine, and removed it after pushing
+    clones = set(re.findall(r"removed this trial's clone (\S+)", logs))
+    assert len(clones) == 4 and all(Path(c).name.startswith("uqa-trial-") for c in clones), logs[-6000:]
+    assert not any(Path(c).exists() or Path(c).is_relative_to(project) for c in clones)
+    assert not list((project / ".dvc/tmp").glob("uqa-exps/*-*-*"))  # no trial worktree in the project
+
+    # the experiments came back through git (refs/exps on the remote) and DVC; the project lists them
+    remote_exps = subprocess.run(["git", "ls-remote", str(origin), "refs/exps/*"], capture_output=True,
+                                 text=True).stdout.splitlines()
+    assert len(remote_exps) == 4, remote_exps
+    assert not subprocess.run(["git", "ls-remote", str(origin), "refs/uqa-sweeps/*"], capture_output=True,
+                              text=True).stdout.strip()  # the snapshot ref is gone after the sweep
+    exps = _experiments(project)
+    assert all(t["experiment"] in exps for t in trials)
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout == head_before
+    assert result["registration"]["version"] == "v0.0.1"

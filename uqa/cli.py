@@ -80,7 +80,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("give --grid KEY=V1,V2 (every combination), or --range KEY=LOW:HIGH[:log|:int] with --samples N")
     with prefect_api():
         state = uqa_sweep(project_dir=args.project, grid=_grid(args.grid) or None, ranges=ranges or None,
-                          samples=args.samples, seed=args.seed, trial_deployment=args.deployment, return_state=True)
+                          samples=args.samples, seed=args.seed, trial_deployment=args.deployment,
+                          git_remote=args.git_remote, return_state=True)
         result = flow_result(state)
     print()
     for t in result["trials"]:
@@ -229,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random search")
     p.add_argument("--deployment", default=None, metavar="FLOW/DEPLOYMENT",
                    help="run each trial as a run of this deployment (e.g. uqa-pipeline/trial) on its work pool; "
-                        "default: one after another in this process")
+                        "default: one after another in this process. uqa-pipeline/trial-remote: trials on any "
+                        "machine, from a clone of the project (see --git-remote)")
+    p.add_argument("--git-remote", default="origin", metavar="NAME",
+                   help="with a deployment that clones (trial-remote): the git remote the trials clone from and "
+                        "push their experiments to (default origin); the data goes through the default DVC remote")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="the whole flow on the shipped demo data with a tiny model (CPU, minutes)")

@@ -29,6 +29,7 @@ from uqa.errors import UserError
 log = logging.getLogger(__name__)
 
 EXPS_DIR = Path(".dvc/tmp/uqa-exps")
+SNAPSHOT_TRAILER = "Uqa-Workspace-Snapshot: true"
 
 
 def experiment_name(text: str) -> str:
@@ -122,13 +123,22 @@ def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
     if worktree.exists():
         _git(root, "worktree", "remove", "--force", str(worktree))
     _git(root, "worktree", "prune")
-    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), "HEAD")
+    # a sweep's trial on another machine is a clone at the sweep's snapshot of the project's
+    # workspace (`snapshot_commit`): the experiment starts from the commit the snapshot was taken on,
+    # with the snapshot's changes, so its baseline is the project's HEAD and `dvc exp show` there lists it
+    snapshot = is_snapshot(root, "HEAD")
+    base = "HEAD^" if snapshot else "HEAD"
+    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), base)
     try:
-        for _, path in _workspace_changes(root):
+        changed = [("M", p) for p in _git(root, "diff", "--name-only", "-z", "HEAD^", "HEAD").split("\0") if p] \
+            if snapshot else []
+        for _, path in changed + _workspace_changes(root):
             src, dst = root / path, worktree / path
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
+            elif dst.is_file():  # deleted in the snapshot
+                dst.unlink()
         cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
         _dvc(worktree, "cache", "dir", "--local", cache_dir)
         with contextlib.suppress(UserError):  # outputs missing from the cache are simply produced again
@@ -199,3 +209,59 @@ def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
         with contextlib.suppress(UserError):
             _git(root, "worktree", "remove", "--force", str(worktree))
         shutil.rmtree(worktree, ignore_errors=True)
+
+
+def is_snapshot(root: Path, rev: str) -> bool:
+    return SNAPSHOT_TRAILER in _git(root, "log", "-1", "--format=%B", rev)
+
+
+def snapshot_commit(root: Path, message: str) -> str:
+    """A commit of the project's workspace as it is (HEAD plus every tracked change and untracked,
+    not ignored file: e.g. the dvc.lock the data stages just wrote), made with a temporary index so
+    the user's branch, index and files are untouched; HEAD itself when nothing changed."""
+    import tempfile
+
+    root = Path(root).resolve()
+    if not _git(root, "status", "--porcelain", "--untracked-files=all").strip():
+        return _git(root, "rev-parse", "HEAD").strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))
+
+        def git(*args: str) -> str:
+            r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise UserError(f"git {' '.join(args[:2])} failed in {root}: {(r.stderr or r.stdout).strip()}")
+            return r.stdout.strip()
+
+        git("read-tree", "HEAD")
+        git("add", "-A")
+        tree = git("write-tree")
+        return git("commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}")
+
+
+def remote_url(root: Path, git_remote: str) -> str:
+    r = subprocess.run(["git", "remote", "get-url", git_remote], cwd=root, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UserError(f"{root} has no git remote {git_remote!r} (git remote add {git_remote} URL): trials on "
+                        "other machines clone the project from it and push their experiments back to it")
+    return r.stdout.strip()
+
+
+def publish_commit(root: Path, git_remote: str, sha: str, ref: str) -> None:
+    """Push commit `sha` to `git_remote` as `ref` (not a branch: the user's branches are untouched)."""
+    _git(root, "push", "--quiet", "--force", git_remote, f"{sha}:{ref}")
+
+
+def unpublish(root: Path, git_remote: str, ref: str) -> None:
+    _git(root, "push", "--quiet", git_remote, "--delete", ref)
+
+
+def push_experiment(root: Path, name: str, git_remote: str = "origin") -> None:
+    """`dvc exp push`: the experiment's commit to the git remote, its outputs to the default DVC remote."""
+    _dvc(Path(root), "exp", "push", git_remote, name)
+
+
+def pull_experiments(root: Path, git_remote: str, names: list[str], outputs: bool) -> None:
+    """`dvc exp pull` of experiments other machines pushed: their commits (params, metrics, dvc.lock),
+    and with `outputs` their outputs (models) from the DVC remote too."""
+    _dvc(Path(root), "exp", "pull", "--force", *([] if outputs else ["--no-cache"]), git_remote, *names)

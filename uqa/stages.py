@@ -191,9 +191,9 @@ def dvc_checkout(root: Path, stage: str) -> bool:
         return False
 
 
-def dvc_push(root: Path) -> int | None:
-    """`dvc push` to the default remote; None when no default remote is configured."""
+def dvc_push(root: Path, targets: list[str] | None = None) -> int | None:
+    """`dvc push [targets]` to the default remote; None when no default remote is configured."""
     with dvc_repo(root) as repo:
         if not repo.config.get("core", {}).get("remote"):
             return None
-        return repo.push()
+        return repo.push(targets=targets)
