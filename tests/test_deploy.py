@@ -289,10 +289,12 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
 
     names = [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]]
-    assert {"weekly", "trial", "weekly-gpu-docker", "weekly-gpu-k8s"} <= set(names)
+    assert {"weekly", "trial", "trial-remote", "weekly-gpu-docker", "weekly-gpu-k8s"} <= set(names)
     deployed = {n: api(url, f"/deployments/name/uqa-pipeline/{n}") for n in names}
     for name, d in deployed.items():
-        assert d["entrypoint"] == "flows/pipeline.py:uqa_pipeline", name
+        # trial-remote imports the installed pipeline (its clone is the project's, which need not hold the code)
+        assert d["entrypoint"] == ("flows.pipeline.uqa_pipeline" if name == "trial-remote"
+                                   else "flows/pipeline.py:uqa_pipeline"), name
         # the typed overrides: every params section in the run form
         overrides = d["parameter_openapi_schema"]["definitions"]["ParamsOverrides"]["properties"]
         assert set(overrides) == {"data", "model", "tokenize", "train", "evaluate", "register"}
@@ -309,6 +311,13 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
         assert clone["repository"] == env["UQA_GIT_REPOSITORY"] and clone["branch"] == "main"
         assert "dvc pull" in steps[1]["prefect.deployments.steps.run_shell_script"]["script"]
         assert deployed[name]["parameters"]["project_dir"] == "."  # the clone, not a path on this machine
+
+    # a trial's clone is chosen per run (the sweep's commit, a directory of its own): the templates stay
+    # unresolved in the deployment and are filled from the trial run's environment when it starts
+    clone = deployed["trial-remote"]["pull_steps"][0]["prefect.deployments.steps.git_clone"]
+    assert clone == {"id": "clone", "repository": "{{ $UQA_TRIAL_REPOSITORY }}",
+                     "commit_sha": "{{ $UQA_TRIAL_COMMIT }}", "clone_directory_name": "{{ $UQA_TRIAL_CLONE_DIR }}"}
+    assert deployed["trial-remote"]["parameters"] == {"project_dir": ".", "push": True}
 
     docker = render(DockerWorkerJobConfiguration, "uqa-gpu-docker", deployed["weekly-gpu-docker"])
     assert docker.image == IMAGE
