@@ -128,7 +128,7 @@ def side_ours(shared: Path, work: Path) -> dict:
     from tasks.download import download
     from tasks.filter import filter_rows
     from tasks.tokenize import tokenize_splits
-    from uqa.stages import working_dir
+    from uqa.dvc_ops import working_dir
 
     p = _params(shared)
     with working_dir(work):
@@ -176,7 +176,7 @@ def rerun_check(shared: Path, work: Path) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_project
 
-    from uqa.stages import dvc_commit, dvc_status
+    from uqa.dvc_ops import dvc_commit, dvc_status
 
     project = make_project(work / "project", json.loads(json.dumps({
         "data": {"source": str(shared / "data/uqa")},

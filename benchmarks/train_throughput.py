@@ -51,8 +51,8 @@ def run_side(side: str, work: Path, steps: int) -> dict:
     from transformers import TrainerCallback, default_data_collator
 
     from tasks.train_worker import make_trainer
+    from uqa.dvc_ops import working_dir
     from uqa.params import params_from_dict
-    from uqa.stages import working_dir
 
     torch.manual_seed(0)
     params = params_from_dict({
@@ -132,8 +132,8 @@ def compute_bound(shared: Path, steps: int, examples: int, repeats: int) -> None
     import torch.nn.functional as F
 
     from tasks.train_worker import make_trainer
+    from uqa.dvc_ops import working_dir
     from uqa.params import params_from_dict
-    from uqa.stages import working_dir
 
     with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
         work = Path(tmp)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.runtime import apply_runtime_defaults  # noqa: E402
 
 apply_runtime_defaults()  # before Prefect is imported: quiet, no telemetry, patient first start
@@ -52,8 +53,8 @@ from uqa.params import (  # noqa: E402
 )
 
 ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
-from uqa.stages import (  # noqa: E402
-    BY_NAME,
+from tasks.chain import BY_NAME, STAGES, stage_name  # noqa: E402
+from uqa.dvc_ops import (  # noqa: E402
     dvc_checkout,
     dvc_commit,
     dvc_push,
@@ -202,7 +203,7 @@ def source_task(root: str, pinned: bool = False) -> Any:
     if succeeded(result):
         from tasks.source import source_markdown
 
-        report = read_json(Path(root) / "reports/source.json")
+        report = read_json(Path(root) / layout.report("source"))
         create_markdown_artifact(source_markdown(report), key="uqa-source",
                                  description="What data.source resolved to (or which data was kept)")
     return result
@@ -276,12 +277,15 @@ def register_task(root: str) -> Any:
     return result
 
 
-# the stages in order: dvc.yaml's order, checked by tests/test_dvc_yaml.py
-STAGE_TASKS = (source_task, download_task, filter_task, tokenize_task, train_task, evaluate_task, register_task)
+# one Prefect task per stage, chained in tasks/chain.py's order (dvc.yaml's, checked by tests/test_dvc_yaml.py)
+_TASKS = {t.name: t for t in (source_task, download_task, filter_task, tokenize_task, train_task, evaluate_task,
+                              register_task)}
+assert set(_TASKS) == set(BY_NAME), f"a stage without a task, or a task without a stage: {set(_TASKS) ^ set(BY_NAME)}"
+STAGE_TASKS = tuple(_TASKS[stage_name(m)] for m in STAGES)
 
 
 def _filter_artifact(root: Path) -> None:
-    report = read_json(root / "reports/filter.json")
+    report = read_json(root / layout.report("filter"))
     lines = ["# Filter report", "", "| split | rows in | kept | dropped (by reason) | answers stripped |",
              "|---|---:|---:|---|---:|"]
     for split in ("train", "validation"):
@@ -304,15 +308,15 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 
 
 def _metrics_artifact(root: Path) -> None:
-    metrics = read_json(root / "metrics/eval.json")
+    metrics = read_json(root / layout.METRICS_FILE)
     create_markdown_artifact(metrics_markdown(metrics), key="uqa-metrics", description="EM/F1 on validation")
-    errors = root / "reports/errors.md"
+    errors = root / layout.ERRORS
     if errors.exists():
         create_markdown_artifact(errors.read_text(encoding="utf-8"), key="uqa-errors", description="Error analysis")
 
 
 def _register_artifact(root: Path) -> None:
-    r = read_json(root / "reports/register.json")
+    r = read_json(root / layout.report("register"))
     card = Path(r.get("model_card") or "")
     lines = [
         "# Registered model", "",
@@ -376,8 +380,8 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
             return Failed(message=state.message)
     if push:
         _push(root)
-    metrics = read_json(root / "metrics/eval.json")
-    registration = read_json(root / "reports/register.json") if register else {}
+    metrics = read_json(root / layout.METRICS_FILE)
+    registration = read_json(root / layout.report("register")) if register else {}
     return {"metrics": metrics, "registration": registration, "stages": stages}
 
 

@@ -31,6 +31,8 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
 from flows.pipeline import STAGE_TASKS, TRIAL_CLONE_ENV, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
+from tasks.chain import DATA_STAGES  # noqa: E402
+from uqa.dvc_ops import dvc_push, locked_workspace  # noqa: E402
 from uqa.errors import UserError  # noqa: E402
 from uqa.experiment import (  # noqa: E402
     experiment_name,
@@ -43,9 +45,7 @@ from uqa.experiment import (  # noqa: E402
     unpublish,
 )
 from uqa.params import deep_merge, load_params, overrides_to_nested, params_from_dict  # noqa: E402
-from uqa.stages import dvc_push, locked_workspace  # noqa: E402
 
-DATA_STAGES = ("source", "download", "filter", "tokenize")
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

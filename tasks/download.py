@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, UserError
 from uqa.hub import hub_error, looks_local
@@ -24,14 +25,10 @@ from uqa.schema import check_schema, conform
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation")
-OUT_DIR = Path("data/raw")
-REPORT = Path("reports/download.json")
-FINGERPRINT = Path("data/source.json")  # written by the `source` stage (tasks/source.py)
-PARAMS = ["data.source", "data.revision"]
-DEPS = [str(FINGERPRINT)]
-OUTS = [str(OUT_DIR / s) for s in SPLITS]
-METRICS = [str(REPORT)]
+SPLITS = layout.SPLITS
+OUT_DIR = layout.RAW_DIR
+REPORT = layout.report("download")
+FINGERPRINT = layout.SOURCE_FINGERPRINT  # written by the `source` stage (tasks/source.py)
 
 BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -213,7 +210,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("download", run, argv)
 

@@ -23,23 +23,20 @@ from typing import Any
 
 import pandas as pd
 
+from uqa import layout
 from uqa.atomic import atomic_file, atomic_write_json, atomic_write_text
 from uqa.errors import UserError
 from uqa.params import Params
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = Path("models/final")
-FEATURES = Path("data/tokenized/validation")
-EXAMPLES = Path("data/filtered/validation")
-TOKENIZE_REPORT = Path("reports/tokenize.json")
-METRICS_FILE = Path("metrics/eval.json")
-PREDICTIONS = Path("reports/predictions.parquet")
-ERRORS = Path("reports/errors.md")
-PARAMS = ["evaluate", "train.eval_batch_size", "train.precision", "data.keep_unanswerable"]
-DEPS = [str(MODEL_DIR), str(FEATURES), str(EXAMPLES)]
-OUTS = [str(PREDICTIONS), str(ERRORS)]
-METRICS = [str(METRICS_FILE)]
+MODEL_DIR = layout.MODEL_DIR
+FEATURES = layout.TOKENIZED_DIR / "validation"
+EXAMPLES = layout.FILTERED_DIR / "validation"
+TOKENIZE_REPORT = layout.report("tokenize")
+METRICS_FILE = layout.METRICS_FILE
+PREDICTIONS = layout.PREDICTIONS
+ERRORS = layout.ERRORS
 SPLIT_SALT = "uqa-tune:"  # the tune/report split ranks question ids by sha256(SPLIT_SALT + id)
 
 
@@ -265,7 +262,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("evaluate", run, argv)
 

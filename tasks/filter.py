@@ -15,19 +15,16 @@ from typing import Any
 
 import pyarrow as pa
 
+from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.params import DataParams, Params
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation")
-IN_DIR = Path("data/raw")
-OUT_DIR = Path("data/filtered")
-REPORT = Path("reports/filter.json")
-PARAMS = ["data.keep_unanswerable"]
-DEPS = [str(IN_DIR / s) for s in SPLITS]
-OUTS = [str(OUT_DIR / s) for s in SPLITS]
-METRICS = [str(REPORT)]
+SPLITS = layout.SPLITS
+IN_DIR = layout.RAW_DIR
+OUT_DIR = layout.FILTERED_DIR
+REPORT = layout.report("filter")
 
 # reasons, in the order they are checked (a row is counted under the first that applies)
 REASONS = (
@@ -137,7 +134,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("filter", run, argv)
 

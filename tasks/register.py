@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, TransientError, UserError
 from uqa.params import Params
@@ -30,15 +31,11 @@ from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = Path("models/final")
-METRICS_FILE = Path("metrics/eval.json")
-DOWNLOAD_REPORT = Path("reports/download.json")
-TRAIN_REPORT = Path("reports/train.json")
-REPORT = Path("reports/register.json")
-PARAMS = ["register"]
-DEPS = [str(MODEL_DIR), str(METRICS_FILE)]
-OUTS = ["registry"]
-METRICS = [str(REPORT)]
+MODEL_DIR = layout.MODEL_DIR
+METRICS_FILE = layout.METRICS_FILE
+DOWNLOAD_REPORT = layout.report("download")
+TRAIN_REPORT = layout.report("train")
+REPORT = layout.report("register")
 MODEL_FILES_SKIP = {"training_args.bin"}  # pickled Python objects do not belong in a shipped model
 
 
@@ -113,8 +110,6 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         base = params.model.name
     else:
         base = f"from scratch ({json.dumps(params.model.config, ensure_ascii=False)})"
-    m = metrics
-    source = params.data.source
     lines = [
         f"# {name} {version}",
         "",
@@ -122,6 +117,21 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         "",
         f"Registry: {'promoted to prod' if promoted else 'registered, not promoted'} ({reason}).",
         "",
+        *_card_evaluation(metrics),
+        "",
+        *_card_data(params, download),
+        "",
+        *_card_training(params, train),
+        "",
+        *CARD_USE,
+    ]
+    data = card_metadata(name, params, metrics, download)
+    # parsed back by ModelCard on the way out: front matter that does not load fails here, not on the Hub
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def _card_evaluation(m: dict[str, Any]) -> list[str]:
+    lines = [
         "## Evaluation (validation, one score per question id against all its reference answers)",
         "",
         "| metric | official SQuAD v2 normalization | Urdu normalization |",
@@ -133,14 +143,17 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
     ]
     if m.get("no_answer_threshold") is not None:
         lines.append(f"No-answer threshold (null - best span margin): {m['no_answer_threshold']}.")
-    lines += [
-        "",
+    return lines
+
+
+def _card_data(params: Params, download: dict[str, Any]) -> list[str]:
+    lines = [
         "## Data",
         "",
         "source (`data.source`):",
         "",
         "```json",
-        json.dumps(source, ensure_ascii=False),
+        json.dumps(params.data.source, ensure_ascii=False),
         "```",
         "",
         f"- revision: {params.data.revision if params.data.revision is not None else 'newest'}",
@@ -155,8 +168,11 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         for f in files if isinstance(files, list) else []:
             size = f" ({f['size']} bytes)" if isinstance(f.get("size"), int) else ""
             lines.append(f"- {split}: `{Path(str(f.get('path'))).name}`{size} sha256 `{f.get('sha256')}`")
-    lines += [
-        "",
+    return lines
+
+
+def _card_training(params: Params, train: dict[str, Any]) -> list[str]:
+    return [
         "## Training",
         "",
         "```json",
@@ -167,23 +183,23 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         f"Precision {train.get('precision')}, {train.get('world_size')} process(es), "
         f"{train.get('global_step')} optimizer steps, best checkpoint by {train.get('metric_for_best_model')} "
         f"= {train.get('best_metric')}.",
-        "",
-        "## Use",
-        "",
-        "```bash",
-        'uqa predict --model PATH_TO_THIS_DIRECTORY --question "ہم کیا کرنے والے ہیں؟" \\',
-        '    --context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"',
-        "```",
-        "",
-        "(sliding windows over long contexts, the same span search as the evaluation). In Python:",
-        "`uqa.predict.Predictor(PATH)(questions, contexts)`, or the transformers Auto classes:",
-        "`AutoModelForQuestionAnswering.from_pretrained(PATH)`, `AutoTokenizer.from_pretrained(PATH)`.",
-        "transformers 5 removed `pipeline(\"question-answering\")`; with transformers 4.x it loads this directory too.",
-        "",
     ]
-    data = card_metadata(name, params, metrics, download)
-    # parsed back by ModelCard on the way out: front matter that does not load fails here, not on the Hub
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+CARD_USE = [
+    "## Use",
+    "",
+    "```bash",
+    'uqa predict --model PATH_TO_THIS_DIRECTORY --question "ہم کیا کرنے والے ہیں؟" \\',
+    '    --context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"',
+    "```",
+    "",
+    "(sliding windows over long contexts, the same span search as the evaluation). In Python:",
+    "`uqa.predict.Predictor(PATH)(questions, contexts)`, or the transformers Auto classes:",
+    "`AutoModelForQuestionAnswering.from_pretrained(PATH)`, `AutoTokenizer.from_pretrained(PATH)`.",
+    "transformers 5 removed `pipeline(\"question-answering\")`; with transformers 4.x it loads this directory too.",
+    "",
+]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -294,56 +310,84 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
             raise UserError(f"{dep} is missing: run the train and evaluate stages first")
     cfg = params.register
     metrics, f1 = read_metrics(metrics_file)
-    registry = Registry(root, cfg.name)
     digest = weights_sha256(model_dir)
     scored = (metrics.get("inference") or {}).get("weights_sha256")
     if scored not in (None, digest):  # metrics of other weights must never vouch for these
         raise DataError(f"{metrics_file} scored other weights than {model_dir}: rerun the evaluate stage "
                         "(dvc repro evaluate)")
+    registry = Registry(root, cfg.name)
     index = registry.index()
     finish_pending_tags(registry, index)  # a run killed between its index record and its GTO tags
     prod, prod_record = registry.verified_stage(PROD)  # RegistryInconsistent: stop, promote nothing
 
     latest = index["versions"][-1] if index["versions"] else None
     if latest and latest.get("weights_sha256") == digest:
-        version = latest["version"]
-        hub_url = (latest.get("hub") or {}).get("url")
-        # a push that failed (or never ran) after this version reached prod: finish it now
-        if cfg.push_to_hub and prod == version and not _hub_done(latest, cfg.hub_repo_id):
-            log.info("register: %s %s is registered; retrying its Hub push", cfg.name, version)
-            hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id)
-        report = {"name": cfg.name, "version": version, "registered": False, "promoted": prod == version,
-                  "reason": f"these weights are already registered as {version}", "prod_version": prod,
-                  "path": str(registry.version_dir(version)), "hub_url": hub_url}
-        atomic_write_json(root / REPORT, report)
-        log.info("register: %s", report["reason"])
-        return report
-
-    prod_f1 = float(prod_record["metrics"]["f1"]) if prod_record else None
-    if f1 < cfg.min_f1:
-        promote, reason = False, f"F1 {f1:.2f} < register.min_f1 {cfg.min_f1:.2f}"
-    elif prod_f1 is not None and f1 < prod_f1:
-        promote, reason = False, f"F1 {f1:.2f} < prod {prod} F1 {prod_f1:.2f}"
+        report = _already_registered(registry, index, latest, cfg, prod)
     else:
-        promote = True
-        reason = f"F1 {f1:.2f} >= min_f1 {cfg.min_f1:.2f}" + (
-            f" and >= prod {prod} F1 {prod_f1:.2f}" if prod_f1 is not None else " (first prod model)")
+        promote, reason = promotion_decision(f1, cfg.min_f1, prod, prod_record)
+        # a version number GTO already has (e.g. from a run killed after tagging) must not be reused
+        version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions())
+        record = _version_record(version, digest, params, metrics, promote, reason)
+        card = model_card(cfg.name, version, params, metrics, read_json(run_dir / DOWNLOAD_REPORT),
+                          read_json(run_dir / TRAIN_REPORT), promote, reason)
+        _write_version(registry, version, model_dir, metrics, digest, card, record)
+        hub_url = _index_tag_and_push(registry, index, record, cfg)
+        report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,
+                  "prod_version": version if promote else prod, "path": str(registry.version_dir(version)),
+                  "model_card": str(registry.version_dir(version) / "README.md"), "gto": registry.uses_git,
+                  "hub_url": hub_url, "f1": f1}
+        log.info("register: %s %s %s (%s)", cfg.name, version, "promoted to prod" if promote else "not promoted",
+                 reason)
+    atomic_write_json(root / REPORT, report)
+    return report
 
-    # a version number GTO already has (e.g. from a run killed after tagging) must not be reused
-    version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions())
-    download = read_json(run_dir / DOWNLOAD_REPORT)
-    train = read_json(run_dir / TRAIN_REPORT)
-    card = model_card(cfg.name, version, params, metrics, download, train, promote, reason)
-    record = {
+
+def _already_registered(registry: Registry, index: dict[str, Any], latest: dict[str, Any], cfg,
+                        prod: str | None) -> dict[str, Any]:
+    """These weights are the latest version already: nothing new; a Hub push it still owes is retried."""
+    version = latest["version"]
+    hub_url = (latest.get("hub") or {}).get("url")
+    # a push that failed (or never ran) after this version reached prod: finish it now
+    if cfg.push_to_hub and prod == version and not _hub_done(latest, cfg.hub_repo_id):
+        log.info("register: %s %s is registered; retrying its Hub push", cfg.name, version)
+        hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id)
+    reason = f"these weights are already registered as {version}"
+    log.info("register: %s", reason)
+    return {"name": cfg.name, "version": version, "registered": False, "promoted": prod == version,
+            "reason": reason, "prod_version": prod, "path": str(registry.version_dir(version)), "hub_url": hub_url}
+
+
+def promotion_decision(f1: float, min_f1: float, prod: str | None,
+                       prod_record: dict[str, Any] | None) -> tuple[bool, str]:
+    """The gate: at least register.min_f1, and no worse than the model in prod."""
+    prod_f1 = float(prod_record["metrics"]["f1"]) if prod_record else None
+    if f1 < min_f1:
+        return False, f"F1 {f1:.2f} < register.min_f1 {min_f1:.2f}"
+    if prod_f1 is not None and f1 < prod_f1:
+        return False, f"F1 {f1:.2f} < prod {prod} F1 {prod_f1:.2f}"
+    return True, f"F1 {f1:.2f} >= min_f1 {min_f1:.2f}" + (
+        f" and >= prod {prod} F1 {prod_f1:.2f}" if prod_f1 is not None else " (first prod model)")
+
+
+RECORD_METRICS = ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold")
+
+
+def _version_record(version: str, digest: str, params: Params, metrics: dict[str, Any], promote: bool,
+                    reason: str) -> dict[str, Any]:
+    return {
         "version": version,
         "weights_sha256": digest,
-        "metrics": {k: metrics[k] for k in ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold")
-                    if k in metrics},
+        "metrics": {k: metrics[k] for k in RECORD_METRICS if k in metrics},
         "base_model": params.model.name if params.model.init == "pretrained" else "scratch",
         "data_source": params.data.source,
         "promoted": promote,
         "reason": reason,
     }
+
+
+def _write_version(registry: Registry, version: str, model_dir: Path, metrics: dict[str, Any], digest: str,
+                   card: str, record: dict[str, Any]) -> None:
+    """registry/<name>/<version>/: the model files, its inference settings, card and record, atomically."""
     with atomic_dir(registry.version_dir(version)) as tmp:
         for f in sorted(model_dir.iterdir()):
             if f.is_file() and f.name not in MODEL_FILES_SKIP:
@@ -353,9 +397,13 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         atomic_write_json(tmp / INFERENCE_FILE, registry_settings(model_dir, metrics, digest))
         (tmp / "README.md").write_text(card, encoding="utf-8")
         atomic_write_json(tmp / "registration.json", record)
-    # the index record comes first and says what is still to do; the GTO tags follow. A run killed in
-    # between leaves a record marked pending, which the next run completes (finish_pending_tags)
-    # instead of finding tags that no record vouches for.
+
+
+def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[str, Any], cfg) -> str | None:
+    """The index record first, saying what is still to do; then the GTO tags; then the Hub push.
+    A run killed in between leaves a record marked pending, which the next run completes
+    (finish_pending_tags, _already_registered) instead of finding tags that no record vouches for."""
+    promote = record["promoted"]
     entry = dict(record, stages=[PROD] if promote else [])
     if registry.uses_git:
         entry["gto"] = "pending"
@@ -370,16 +418,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     if registry.uses_git:
         _tag(registry, entry)
         atomic_write_json(registry.index_path, index)
-
-    hub_url = _push_and_record(registry, index, entry, cfg.hub_repo_id) if push else None
-    new_prod = version if promote else prod
-    report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,
-              "prod_version": new_prod, "path": str(registry.version_dir(version)),
-              "model_card": str(registry.version_dir(version) / "README.md"), "gto": registry.uses_git,
-              "hub_url": hub_url, "f1": f1}
-    atomic_write_json(root / REPORT, report)
-    log.info("register: %s %s %s (%s)", cfg.name, version, "promoted to prod" if promote else "not promoted", reason)
-    return report
+    return _push_and_record(registry, index, entry, cfg.hub_repo_id) if push else None
 
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:
@@ -388,7 +427,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("register", run, argv)
 

@@ -21,18 +21,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.atomic import atomic_write_json
 from uqa.errors import UserError
 from uqa.params import DataParams, Params
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT = Path("data/source.json")
-REPORT = Path("reports/source.json")
-PARAMS = ["data.source", "data.revision"]
-DEPS: list[str] = []
-OUTS = [str(FINGERPRINT)]
-METRICS = [str(REPORT)]
+FINGERPRINT = layout.SOURCE_FINGERPRINT
+REPORT = layout.report("source")
 
 HUB_TIMEOUT_S = 30.0
 
@@ -209,7 +206,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("source", run, argv)
 

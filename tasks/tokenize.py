@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import UserError
 from uqa.features import EncodedPairs, Labels, PairTemplate, Windows, encode_stream, prepare_backend
@@ -56,15 +57,11 @@ from uqa.params import Params
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation")
-IN_DIR = Path("data/filtered")
-OUT_DIR = Path("data/tokenized")
-TOKENIZER_DIR = OUT_DIR / "tokenizer"
-REPORT = Path("reports/tokenize.json")
-PARAMS = ["model.name", "model.tokenizer", "model.init", "tokenize"]
-DEPS = [str(IN_DIR / s) for s in SPLITS]
-OUTS = [str(OUT_DIR / s) for s in SPLITS] + [str(TOKENIZER_DIR)]
-METRICS = [str(REPORT)]
+SPLITS = layout.SPLITS
+IN_DIR = layout.FILTERED_DIR
+OUT_DIR = layout.TOKENIZED_DIR
+TOKENIZER_DIR = layout.TOKENIZER_DIR
+REPORT = layout.report("tokenize")
 
 # examples per chunk (= per shard): ~35k windows of real UQA, ~0.1-0.2 GB of working memory
 CHUNK_ROWS = 32_768
@@ -462,16 +459,7 @@ def _chunks(split: str, source: _Source, rows: np.ndarray | None, n_rows: int, c
 def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR,
                     report_path: Path = REPORT, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
     clock = _Clock()
-    sources = {s: _Source.open(Path(in_dir) / s) for s in SPLITS}
-    # validation: one example per question id (UQA repeats ids, one row per reference answer)
-    val_rows = first_row_per_id(read_rows(sources["validation"].files, 0, sources["validation"].num_rows, None,
-                                          ("id",))["id"])
-    kept: dict[str, np.ndarray | None] = {"train": None, "validation": val_rows}
-    n_rows = {"train": sources["train"].num_rows, "validation": len(val_rows)}
-    for s in SPLITS:
-        if not n_rows[s]:
-            raise UserError(f"{Path(in_dir) / s}: no rows left after filtering; see reports/filter.json")
-
+    sources, kept, n_rows = _open_splits(Path(in_dir))
     train = sources["train"]
     texts = itertools.chain(_texts(train, "question", chunk_rows), _texts(train, "context", chunk_rows))
     clock.lap("read")
@@ -482,8 +470,6 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     from uqa.modeling import sequence_limit
 
     limit = sequence_limit(params.model, tokenizer)
-    stride = params.tokenize.stride
-
     report: dict[str, Any] = {}
     # both splits' temporary directories at once: the spill files live in them, and a failure
     # anywhere leaves the previous outputs in place; train is renamed first, as before
@@ -494,64 +480,82 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
             (tmp[s] / SPILL).mkdir()
             chunks[s] = _chunks(s, sources[s], kept[s], n_rows[s], chunk_rows, tmp[s])
         every = chunks["train"] + chunks["validation"]
-        num_proc = max(1, min(params.tokenize.num_proc, len(every)))
-        runner = _Runner(tok, num_proc)
+        n_train = len(chunks["train"])
+        runner = _Runner(tok, max(1, min(params.tokenize.num_proc, len(every))))
         failed = True
         try:
             # pass 1: every question and every distinct context, once; lengths kept, tokens spilled
             firsts = runner.tokenize(every)
             clock.lap("tokenize_texts")
-            by_split = {"train": firsts[: len(chunks["train"])], "validation": firsts[len(chunks["train"]):]}
-            longest = max(f["longest"] for f in firsts)
-            if params.tokenize.max_seq_length == "auto":
-                max_seq_length = min(longest, limit)
-            else:
-                max_seq_length = int(params.tokenize.max_seq_length)
-                if max_seq_length > limit:
-                    raise UserError(f"tokenize.max_seq_length {max_seq_length} exceeds the model's limit {limit}")
-            longest_question = max(f["longest_question"] for f in firsts)
-            room = max_seq_length - longest_question - tok.template.n_special
-            if room < 8 or (longest > max_seq_length and room <= stride):  # with auto, windowing may not be needed
-                raise UserError(
-                    f"tokenize: max_seq_length {max_seq_length} leaves {room} context tokens next to the longest "
-                    f"question ({longest_question} tokens), with stride {stride}; lower tokenize.stride or raise "
-                    "tokenize.max_seq_length"
-                )
-            report.update({
-                "max_seq_length": max_seq_length,
-                "max_seq_length_param": params.tokenize.max_seq_length,
-                "longest_pair_tokens": longest,
-                "model_limit": limit,
-                "stride": stride,
-                "tokenizer": params.model.tokenizer_source or "trained on train split",
-                "vocab_size": len(tokenizer),
-            })
+            report.update(_window_size(params, firsts, limit, tok.template.n_special))
+            report.update(tokenizer=params.model.tokenizer_source or "trained on train split",
+                          vocab_size=len(tokenizer))
+            by_split = {"train": firsts[:n_train], "validation": firsts[n_train:]}
             ids_type = {s: "uint16" if max(f["max_id"] for f in by_split[s]) < 2**16 else "int32" for s in SPLITS}
             # pass 2: windows, labels and one shard per chunk
-            results = runner.features(every, _Windowing(max_seq_length, stride, ids_type))
+            results = runner.features(every, _Windowing(report["max_seq_length"], report["stride"], ids_type))
             failed = False
         finally:
             runner.close(failed)
-        clock.last = time.perf_counter()
-        for r in results:  # the chunks' own step times (summed over processes when num_proc > 1)
-            for k, v in r["seconds"].items():
-                clock.totals[k] = round(clock.totals.get(k, 0.0) + v, 3)
-        done = {"train": results[: len(chunks["train"])], "validation": results[len(chunks["train"]):]}
+        clock.add_chunk_times(results)
+        done = {"train": results[:n_train], "validation": results[n_train:]}
         for s in SPLITS:
-            shutil.rmtree(tmp[s] / SPILL)
-            features = [r["features"] for r in done[s]]
-            if any(f != features[0] for f in features):
-                raise AssertionError(f"{s}: shards with different features: {features}")
-            _write_dataset_files(tmp[s], len(done[s]), features[0], [r["digest"] for r in done[s]])
-            totals = {k: sum(r["counts"][k] for r in done[s]) for k in _COUNTS}
-            report[s] = split_report(totals)
-            log.info("tokenize [%s]: %s (%d shards)", s, report[s], len(done[s]))
+            report[s] = _finish_split(s, tmp[s], done[s])
         clock.lap("write")
     with atomic_dir(Path(out_dir) / "tokenizer") as tmp_tok:
         tokenizer.save_pretrained(str(tmp_tok))
     clock.lap("write")
     report["seconds"] = clock.totals
     atomic_write_json(report_path, report)
+    return report
+
+
+def _open_splits(in_dir: Path) -> tuple[dict[str, _Source], dict[str, np.ndarray | None], dict[str, int]]:
+    """The filtered splits, the rows kept of each (validation: one example per question id, as UQA
+    repeats ids with one row per reference answer; train: every row) and how many."""
+    sources = {s: _Source.open(in_dir / s) for s in SPLITS}
+    val = sources["validation"]
+    val_rows = first_row_per_id(read_rows(val.files, 0, val.num_rows, None, ("id",))["id"])
+    kept: dict[str, np.ndarray | None] = {"train": None, "validation": val_rows}
+    n_rows = {"train": sources["train"].num_rows, "validation": len(val_rows)}
+    for s in SPLITS:
+        if not n_rows[s]:
+            raise UserError(f"{in_dir / s}: no rows left after filtering; see reports/filter.json")
+    return sources, kept, n_rows
+
+
+def _window_size(params: Params, firsts: list[dict[str, Any]], limit: int, n_special: int) -> dict[str, Any]:
+    """max_seq_length (auto: the longest pair, capped at the model's limit) and stride, checked to
+    leave the longest question room for context next to it."""
+    stride = params.tokenize.stride
+    longest = max(f["longest"] for f in firsts)
+    if params.tokenize.max_seq_length == "auto":
+        max_seq_length = min(longest, limit)
+    else:
+        max_seq_length = int(params.tokenize.max_seq_length)
+        if max_seq_length > limit:
+            raise UserError(f"tokenize.max_seq_length {max_seq_length} exceeds the model's limit {limit}")
+    longest_question = max(f["longest_question"] for f in firsts)
+    room = max_seq_length - longest_question - n_special
+    if room < 8 or (longest > max_seq_length and room <= stride):  # with auto, windowing may not be needed
+        raise UserError(
+            f"tokenize: max_seq_length {max_seq_length} leaves {room} context tokens next to the longest "
+            f"question ({longest_question} tokens), with stride {stride}; lower tokenize.stride or raise "
+            "tokenize.max_seq_length"
+        )
+    return {"max_seq_length": max_seq_length, "max_seq_length_param": params.tokenize.max_seq_length,
+            "longest_pair_tokens": longest, "model_limit": limit, "stride": stride}
+
+
+def _finish_split(split: str, tmp: Path, done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The split's shards made one dataset (datasets' own metadata files); its report."""
+    shutil.rmtree(tmp / SPILL)
+    features = [r["features"] for r in done]
+    if any(f != features[0] for f in features):
+        raise AssertionError(f"{split}: shards with different features: {features}")
+    _write_dataset_files(tmp, len(done), features[0], [r["digest"] for r in done])
+    report = split_report({k: sum(r["counts"][k] for r in done) for k in _COUNTS})
+    log.info("tokenize [%s]: %s (%d shards)", split, report, len(done))
     return report
 
 
@@ -567,6 +571,13 @@ class _Clock:
         self.totals[name] = round(self.totals.get(name, 0.0) + now - self.last, 3)
         self.last = now
 
+    def add_chunk_times(self, results: list[dict[str, Any]]) -> None:
+        """The chunks' own step times of the window pass (summed over processes when num_proc > 1)."""
+        self.last = time.perf_counter()
+        for r in results:
+            for k, v in r["seconds"].items():
+                self.totals[k] = round(self.totals.get(k, 0.0) + v, 3)
+
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
@@ -574,7 +585,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("tokenize", run, argv)
 

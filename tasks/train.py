@@ -25,17 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from tasks.train_worker import PARAMS_ENV, PROGRESS_PREFIX
+from uqa import layout
 from uqa.errors import UserError
 from uqa.params import PARAMS_FILE, LauncherParams, Params
 from uqa.procs import SUPERVISOR_ENV, die_with_parent, stop_tree, supervisor_token
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = Path("reports/train.log")
-PARAMS = ["model", "train"]
-DEPS = ["data/tokenized/train", "data/tokenized/validation", "data/tokenized/tokenizer"]
-OUTS = ["models/final", "dvclive"]  # + models/checkpoints: resumable scratch, not a DVC output
-METRICS = ["reports/train.json"]
+LOG_FILE = layout.TRAIN_LOG
+INPUTS = [*layout.split_dirs(layout.TOKENIZED_DIR), layout.TOKENIZER_DIR]
 
 
 class TrainingFailed(UserError):
@@ -206,8 +204,8 @@ def _resume_hint() -> str:
 
 
 def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_FILE) -> dict[str, Any]:
-    for dep in DEPS:
-        if not Path(dep).exists():
+    for dep in INPUTS:
+        if not dep.exists():
             raise UserError(f"{dep} is missing: run the tokenize stage first (dvc repro tokenize)")
     cmd = launch_command(params.train.launcher, params_file)
     timeout = params.train.timeout_minutes * 60 if params.train.timeout_minutes else None
@@ -218,7 +216,7 @@ def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_F
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log.info("train: %s", " ".join(cmd))
     run_supervised(cmd, log_file, timeout, env)
-    return json.loads(Path("reports/train.json").read_text())
+    return json.loads(layout.report("train").read_text())
 
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:
@@ -227,7 +225,7 @@ def run(params: Params, params_file: str = "params.yaml") -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage import stage_main
+    from uqa.stage_cli import stage_main
 
     return stage_main("train", run, argv)
 

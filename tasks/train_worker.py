@@ -27,16 +27,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.atomic import atomic_write_json, replace_dir
 from uqa.params import Params, load_params
 
 log = logging.getLogger("tasks.train")
 
-DATA_DIR = Path("data/tokenized")
-CHECKPOINT_DIR = Path("models/checkpoints")
-FINAL_DIR = Path("models/final")
-LIVE_DIR = Path("dvclive")
-REPORT = Path("reports/train.json")
+DATA_DIR = layout.TOKENIZED_DIR
+CHECKPOINT_DIR = layout.CHECKPOINT_DIR
+FINAL_DIR = layout.MODEL_DIR
+LIVE_DIR = layout.LIVE_DIR
+REPORT = layout.report("train")
 FINGERPRINT = "run_fingerprint.json"
 PARAMS_ENV = "UQA_TRAIN_PARAMS_JSON"  # set by tasks/train.py: the params to train with
 PROGRESS_PREFIX = "UQA_PROGRESS "  # progress lines for the supervisor, not for the log
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.train_worker")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    from uqa.stage import setup_logging
+    from uqa.stage_cli import setup_logging
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

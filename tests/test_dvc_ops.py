@@ -46,7 +46,7 @@ def test_experiments_remote_and_clone(tmp_path):
     _dvc("remote", "add", "-d", "local", str(remote), cwd=project)
     run_ok(["git", "add", "-A"], project)
     run_ok(["git", "commit", "-q", "-m", "results"], project)
-    from uqa.stages import dvc_push
+    from uqa.dvc_ops import dvc_push
 
     assert dvc_push(project) > 0  # what `uqa run --push` does at the end of a flow run
     assert "Everything is up to date" in _dvc("push", cwd=project)

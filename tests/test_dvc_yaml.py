@@ -1,14 +1,17 @@
-"""dvc.yaml and the stage modules describe the same deps, params and outs (one definition)."""
+"""dvc.yaml (the stage graph: deps, params, outs) and the code (uqa/layout.py: the paths; tasks/chain.py:
+the order; uqa/params.py: the params) name the same things, checked in both directions."""
 
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
 
-from uqa.stages import STAGES
+from tasks.chain import STAGES, stage_name
+
+NO_REPORT = {"evaluate"}  # its report is metrics/eval.json
 
 
 def _paths(entries) -> list[str]:
@@ -18,22 +21,56 @@ def _paths(entries) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def _layout_paths() -> set[str]:
+    from uqa import layout
+
+    paths = {str(v) for v in vars(layout).values() if isinstance(v, Path)}
+    paths |= {str(layout.report(stage_name(m))) for m in STAGES if stage_name(m) not in NO_REPORT}
+    paths |= {str(d) for base in (layout.RAW_DIR, layout.FILTERED_DIR, layout.TOKENIZED_DIR)
+              for d in layout.split_dirs(base)}
+    return paths
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=stage_name)
 def test_stage_declarations_match(stage):
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage.name]
-    module = importlib.import_module(stage.module)
-    assert spec["cmd"] == f"python -m {stage.module}"
-    assert _paths(spec.get("deps")) == list(module.DEPS)
-    assert _paths(spec.get("params")) == list(module.PARAMS)
-    outs = _paths(spec.get("outs")) + _paths(spec.get("metrics"))
-    assert set(module.OUTS) | set(module.METRICS) <= set(outs) | {"reports/train.log"}
-    assert hasattr(module, "main") and hasattr(module, "run")
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage_name(stage)]
+    assert spec["cmd"] == f"python -m {stage.__name__}"
+    assert hasattr(stage, "main") and hasattr(stage, "run")
+    # every file dvc.yaml names for the stage is one the code names in uqa/layout.py
+    declared = _paths(spec.get("deps")) + _paths(spec.get("outs")) + _paths(spec.get("metrics"))
+    assert set(declared) <= _layout_paths(), set(declared) - _layout_paths()
+    # every param key it depends on exists in the params schema
+    from uqa.params import Params
+
+    defaults = Params().to_dict()
+    for key in spec.get("params") or []:
+        node = defaults
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{stage_name(stage)}: params key {key} is not in the schema"
+            node = node[part]
+
+
+def test_every_layout_path_is_in_dvc_yaml():
+    """The other direction: each path the code names is some stage's dep or out (or train's scratch)."""
+    from uqa import layout
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = {p for spec in stages.values() for key in ("deps", "outs", "metrics") for p in _paths(spec.get(key))}
+    outs = {p for spec in stages.values() for key in ("outs", "metrics") for p in _paths(spec.get(key))}
+    missing = _layout_paths() - declared - {str(layout.CHECKPOINT_DIR), "data/raw", "data/filtered", "data/tokenized"}
+    assert not missing, missing
+    assert str(layout.CHECKPOINT_DIR) not in declared  # resumable scratch, deliberately not versioned
+    for stage in STAGES:  # every stage writes its report, and it is declared
+        assert str(layout.report(stage_name(stage))) in outs or stage_name(stage) in NO_REPORT
 
 
 def test_stage_order_is_a_chain():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(spec) == [s.name for s in STAGES] == ["source", "download", "filter", "tokenize", "train", "evaluate",
-                                                     "register"]
+    assert list(spec) == [stage_name(s) for s in STAGES] == ["source", "download", "filter", "tokenize", "train",
+                                                            "evaluate", "register"]
+    for previous, stage in zip(list(spec), list(spec)[1:], strict=False):  # each stage needs the one before it
+        before = {p for key in ("outs", "metrics") for p in _paths(spec[previous].get(key))}
+        assert before & set(_paths(spec[stage].get("deps"))), (previous, stage)
 
 
 def test_source_stage_always_runs_and_download_depends_on_it():

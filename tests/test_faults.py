@@ -157,7 +157,7 @@ def _uqa(root: Path, mark: str, *args: str, home: Path) -> subprocess.Popen:
     env = env_for(mark, PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)  # the command's own temporary server, as for a user
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)  # our default, not the tests'
-    return subprocess.Popen([sys.executable, "-m", "uqa.cli", "run", "--project", str(root), *args], cwd=root, env=env,
+    return subprocess.Popen([sys.executable, "-m", "uqa_cli", "run", "--project", str(root), *args], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -234,7 +234,7 @@ def test_dvc_repro_and_the_flow_share_one_lock(tmp_path):
     """A `dvc repro` in a workspace that a flow run holds fails at once, and the other way round."""
     from dvc.repo import Repo
 
-    from uqa.stages import WorkspaceBusy, locked_workspace
+    from uqa.dvc_ops import WorkspaceBusy, locked_workspace
 
     root = make_project(tmp_path / "project", demo_tiny_params())
     with locked_workspace(root, command="test holder"):

@@ -46,7 +46,7 @@ def test_flow_and_dvc_agree_end_to_end(project_factory, prefect_server):
     row = pd.read_parquet(next((UQA_HUB / "data").glob("validation-*.parquet"))).iloc[0]
     answer = Predictor(resolve_model("prod", project))([row.question], [row.context])[0]
     assert answer.answer and row.context[answer.start:answer.end] == answer.answer
-    r = run_ok([sys.executable, "-m", "uqa.cli", "predict", "--model", "prod", "--question", row.question,
+    r = run_ok([sys.executable, "-m", "uqa_cli", "predict", "--model", "prod", "--question", row.question,
                 "--context", row.context, "--json"], project)
     assert json.loads(r.stdout)["answer"] == answer.answer
 

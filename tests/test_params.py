@@ -34,6 +34,18 @@ def test_shipped_params_are_the_seed_recipe():
     assert p.model.trust_remote_code is False
 
 
+def test_shipped_params_are_the_schema_defaults():
+    """One definition of each default: the schema's (uqa/params.py); params.yaml spells them out for
+    the user and DVC, and predict falls back to them for a model without its settings."""
+    from uqa.modeling import HARD_CAP
+    from uqa.predict import DEFAULTS
+
+    assert load_params(REPO / "params.yaml") == Params()
+    d = Params()
+    assert DEFAULTS == {"max_seq_length": HARD_CAP, "stride": d.tokenize.stride, "n_best": d.evaluate.n_best,
+                        "max_answer_length": d.evaluate.max_answer_length, "no_answer_threshold": None}
+
+
 def test_shipped_params_file_sets_every_field():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for section in dataclasses.fields(Params):

@@ -1,7 +1,7 @@
 """`uqa predict` answers exactly as the evaluation scored: same windows, span search and threshold.
 
 The tiny demo model is trained by the train stage's own recipe (tasks/train_worker.run, which writes
-models/final/uqa_inference.json), evaluated by the evaluate stage, and then `python -m uqa.cli
+models/final/uqa_inference.json), evaluated by the evaluate stage, and then `python -m uqa_cli
 predict --model <project>/models/final` (a real subprocess, run from elsewhere) answers every
 validation question; every answer - text, character span, no-answer - must be evaluate's."""
 
@@ -23,6 +23,7 @@ from tasks.evaluate import evaluate
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
 from uqa.atomic import atomic_write_json
+from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
 from uqa.params import deep_merge, params_from_dict
 from uqa.predict import (
@@ -33,7 +34,6 @@ from uqa.predict import (
     weights_sha256,
     window_settings,
 )
-from uqa.stages import working_dir
 
 MODES = {
     "answerable": {},
@@ -114,7 +114,7 @@ def test_uqa_predict_answers_as_evaluate_scored(project, tmp_path):
     questions = tmp_path / "Q.jsonl"
     scored[["id", "question", "context"]].to_json(questions, orient="records", lines=True, force_ascii=False)
     out = tmp_path / "A.jsonl"
-    r = subprocess.run([sys.executable, "-m", "uqa.cli", "predict", "--model", str(root / "models" / "final"),
+    r = subprocess.run([sys.executable, "-m", "uqa_cli", "predict", "--model", str(root / "models" / "final"),
                         "--input", str(questions), "--output", str(out)],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -151,7 +151,7 @@ def test_a_registered_copy_answers_the_same(project, tmp_path):
 
 @pytest.mark.slow
 def test_too_long_question_is_a_clear_error(project, tmp_path, capsys):
-    from uqa.cli import main
+    from uqa_cli.main import main
 
     root, _, _ = project
     model = str(root / "models" / "final")

@@ -148,8 +148,8 @@ def test_registered_model_loads_with_transformers_auto_classes(git_project):
 def test_predict_cli_batch_mode_and_bad_input(git_project, tmp_path, capsys):
     import pandas as pd
 
-    from uqa.cli import main
     from uqa.tokenizer import train_tokenizer
+    from uqa_cli.main import main
 
     tok = train_tokenizer(["لاہور پاکستان کا ایک شہر ہے۔ لاہور کہاں ہے؟"] * 3, vocab_size=50)
     _model(git_project, 1)

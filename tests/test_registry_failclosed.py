@@ -154,7 +154,7 @@ def test_unrelated_tags_are_not_registrations(tmp_path):
 
 
 def test_read_only_paths_give_one_line_errors(registered, capsys):
-    from uqa.cli import main
+    from uqa_cli.main import main
 
     blob = run_ok(["git", "hash-object", "-w", "README.md"], registered).stdout.strip()
     run_ok(["git", "tag", "-a", "uqa-qa@v0.0.7", "-m", "broken", blob], registered)

@@ -13,10 +13,10 @@ from tasks.evaluate import evaluate, score_predictions, split_for_tuning
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
 from tasks.train_worker import make_trainer
+from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
 from uqa.params import deep_merge, params_from_dict
 from uqa.predict import Predictor
-from uqa.stages import working_dir
 
 DEMO = DEMO_SOURCE
 

@@ -62,7 +62,7 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
                PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     env.pop("PREFECT_API_URL", None)  # a laptop: no server, `uqa` starts its own temporary one
-    r = subprocess.run([sys.executable, "-m", "uqa.cli", "sweep", "--project", str(project), *GRID],
+    r = subprocess.run([sys.executable, "-m", "uqa_cli", "sweep", "--project", str(project), *GRID],
                        cwd=project, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Traceback" not in r.stdout + r.stderr

@@ -15,8 +15,8 @@ from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
 from tasks.train_worker import complete_checkpoints, make_trainer, prepare_checkpoint_dir, resolve_precision
+from uqa.dvc_ops import working_dir
 from uqa.params import deep_merge, params_from_dict
-from uqa.stages import working_dir
 
 
 def tiny_params(**train):

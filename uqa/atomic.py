@@ -3,7 +3,7 @@
 Every output is written next to its final path under a temporary name and renamed into place
 in one step (rename is atomic on POSIX within a filesystem). A writer killed with SIGKILL leaves
 its temporary sibling behind; the next write of the same output removes it (one run at a time
-holds a workspace: uqa/stages.py). A full disk is one clear error, and the previous output stays."""
+holds a workspace: uqa/dvc_ops.py). A full disk is one clear error, and the previous output stays."""
 
 from __future__ import annotations
 

@@ -67,16 +67,15 @@ def prepare_workspace(workdir: Path) -> Path:
     return workdir
 
 
-def run_demo(workdir: Path = DEFAULT_WORKDIR, overrides: list[str] | None = None, wait_for_lock_minutes: float = 0.0):
-    """Runs the flow in the demo workspace; returns the flow run's final state."""
-    from flows.pipeline import uqa_pipeline
+def demo_workspace(workdir: Path = DEFAULT_WORKDIR, overrides: list[str] | None = None) -> Path:
+    """The demo workspace, ready to run (`uqa demo` then runs the flow in it)."""
     from uqa.params import apply_overrides
 
     workspace = prepare_workspace(workdir)
     # the demo workspace is the demo's own project: its -S settings are its params (a run of the
     # flow with overrides would be an experiment instead, leaving params.yaml as it is)
     apply_overrides(workspace / "params.yaml", _as_mapping(overrides))
-    return uqa_pipeline(project_dir=str(workspace), wait_for_lock_minutes=wait_for_lock_minutes, return_state=True)
+    return workspace
 
 
 def _as_mapping(overrides: list[str] | None) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
                 found[rev.get("name") or exp.get("name")] = {
                     "rev": rev.get("rev"),
                     "params": ((data.get("params") or {}).get("params.yaml") or {}).get("data", {}),
-                    "metrics": ((data.get("metrics") or {}).get("metrics/eval.json") or {}).get("data", {}),
+                    "metrics": ((data.get("metrics") or {}).get(str(layout.METRICS_FILE)) or {}).get("data", {}),
                 }
     return found
 

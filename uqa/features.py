@@ -184,6 +184,48 @@ class PairTemplate:
 
 
 @dataclass
+class _ContextTokens:
+    """Every context's tokens that cover at least one character ("valid"), searchable by character:
+    the keys context * bound + offset rise through all contexts' valid tokens."""
+
+    cs: np.ndarray  # char start of every token (valid or not)
+    ce: np.ndarray  # char end of every token
+    n_valid_before: np.ndarray  # n_valid_before[g] = how many valid tokens come before token g
+    nv: int
+    key_s: np.ndarray  # per valid token: context * bound + char start
+    key_e: np.ndarray
+    bound: int
+    key_type: type
+
+    @classmethod
+    def of(cls, contexts: _Texts, answer_start_char: np.ndarray, answer_end_char: np.ndarray) -> _ContextTokens:
+        cs, ce = contexts.offsets[:, 0], contexts.offsets[:, 1]
+        is_valid = ce > cs  # zero-width pieces cover no character
+        n_valid_before = np.zeros(len(cs) + 1, dtype=np.int32 if len(cs) < 2**31 else np.int64)
+        np.cumsum(is_valid, out=n_valid_before[1:])
+        # (int32 keys when they fit: this step is memory-bound, over every context token)
+        bound = int(max(ce.max(initial=0), answer_start_char.max(initial=0), answer_end_char.max(initial=0))) + 1
+        n_contexts = len(contexts.splits) - 1
+        key_type = np.int32 if n_contexts * bound < 2**31 else np.int64
+        owner = np.repeat(np.arange(n_contexts, dtype=key_type) * key_type(bound), contexts.lengths)[is_valid]
+        return cls(cs, ce, n_valid_before, int(n_valid_before[-1]), owner + cs[is_valid], owner + ce[is_valid],
+                   bound, key_type)
+
+    def valid(self, i: np.ndarray) -> np.ndarray:
+        """Token index of the i-th valid token."""
+        return np.searchsorted(self.n_valid_before, (i + 1).astype(self.n_valid_before.dtype), side="left") - 1
+
+    def answer_bounds(self, context_of: np.ndarray, s_ex: np.ndarray, e_ex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per example (valid-token numbers): the last token starting at or before its answer's start,
+        the first ending at or after its answer's end."""
+        example_base = context_of.astype(np.int64) * self.bound
+        # (queries in the keys' type: numpy would otherwise convert the whole key array per call)
+        i_ex = np.searchsorted(self.key_s, (example_base + s_ex).astype(self.key_type), side="right") - 1
+        j_ex = np.searchsorted(self.key_e, (example_base + e_ex).astype(self.key_type), side="left")
+        return i_ex, j_ex
+
+
+@dataclass
 class EncodedPairs:
     """Questions and (distinct) contexts tokenized once; windows for any max_seq_length / stride."""
 
@@ -299,41 +341,19 @@ class EncodedPairs:
         each label is a binary search once per example over its context's tokens, clipped to the
         window's run. tests/test_features.py holds this equal to a search over each window's tokens
         and to the first, token-level implementation."""
-        offsets = self.contexts.offsets
-        cs, ce = offsets[:, 0], offsets[:, 1]
-        is_valid = ce > cs  # zero-width pieces cover no character
-        # valid tokens are numbered in order; n_valid_before[g] = how many come before token g
-        n_valid_before = np.zeros(len(cs) + 1, dtype=np.int32 if len(cs) < 2**31 else np.int64)
-        np.cumsum(is_valid, out=n_valid_before[1:])
-        nv = int(n_valid_before[-1])
         win_ex = layout.window_to_example
-        if nv == 0 or len(win_ex) == 0:
+        tokens = _ContextTokens.of(self.contexts, answer_start_char, answer_end_char)
+        if tokens.nv == 0 or len(win_ex) == 0:
             none = np.full(len(win_ex), cls_index, dtype=np.int32)
             return Labels(none, none.copy(), np.zeros(len(win_ex), dtype=bool), none * 0 - 1, none * 0 - 1)
-        # keys context * bound + offset rise through all contexts' valid tokens (int32 when they fit:
-        # this step is memory-bound, over every context token)
-        bound = int(max(ce.max(), answer_start_char.max(initial=0), answer_end_char.max(initial=0))) + 1
-        n_contexts = len(self.contexts.splits) - 1
-        key_type = np.int32 if n_contexts * bound < 2**31 else np.int64
-        owner = np.repeat(np.arange(n_contexts, dtype=key_type) * key_type(bound), self.contexts.lengths)[is_valid]
-        key_s = owner + cs[is_valid]
-        key_e = owner + ce[is_valid]
-        del owner
-
-        def valid(i: np.ndarray) -> np.ndarray:  # token index of the i-th valid token
-            return np.searchsorted(n_valid_before, (i + 1).astype(n_valid_before.dtype), side="left") - 1
-
-        # per example: the last token starting at or before s, the first ending at or after e
-        example_base = self.context_of.astype(np.int64) * bound
         s_ex = answer_start_char.astype(np.int64)
         e_ex = answer_end_char.astype(np.int64)
-        # (queries in the keys' type: numpy would otherwise convert the whole key array per call)
-        i_ex = np.searchsorted(key_s, (example_base + s_ex).astype(key_type), side="right") - 1
-        j_ex = np.searchsorted(key_e, (example_base + e_ex).astype(key_type), side="left")
+        i_ex, j_ex = tokens.answer_bounds(self.context_of, s_ex, e_ex)
+        cs, ce, valid, nv = tokens.cs, tokens.ce, tokens.valid, tokens.nv
         # per window: its valid context tokens are the lo-th to the (hi-1)-th
         first_token = self.contexts.splits[:-1][self.context_of[win_ex]] + layout.context_from
-        lo = n_valid_before[first_token].astype(np.int64)
-        hi = n_valid_before[first_token + layout.context_len].astype(np.int64)
+        lo = tokens.n_valid_before[first_token].astype(np.int64)
+        hi = tokens.n_valid_before[first_token + layout.context_len].astype(np.int64)
         top = np.maximum(hi - 1, lo)
         s, e = s_ex[win_ex], e_ex[win_ex]
         nonempty = hi > lo
@@ -346,7 +366,7 @@ class EncodedPairs:
         # end: before the token if it starts at or after e, then the last of its twins
         j = np.clip(j_ex[win_ex], lo, top)
         j = np.where((cs[valid(np.minimum(j, nv - 1))] >= e) & (j - 1 >= lo), j - 1, j)
-        j = np.clip(np.searchsorted(key_e, key_e[np.minimum(j, nv - 1)], side="right") - 1, lo, top)
+        j = np.clip(np.searchsorted(tokens.key_e, tokens.key_e[np.minimum(j, nv - 1)], side="right") - 1, lo, top)
         j = np.maximum(i, j)
         vi, vj = valid(np.minimum(i, nv - 1)), valid(np.minimum(j, nv - 1))
         has &= (ce[vi] > s) & (cs[vi] < e)  # an answer no token overlaps cannot be labelled

@@ -101,10 +101,38 @@ def best_spans(
     start_logits = np.asarray(start_logits, dtype=np.float32)
     end_logits = np.asarray(end_logits, dtype=np.float32)
     ctx = np.asarray(context_mask, dtype=bool)
+    feat_score, feat_s, feat_e = best_span_per_window(start_logits, end_logits, ctx, n_best, max_answer_length)
+    null = start_logits[:, cls_index] + end_logits[:, cls_index]
+    examples, best_feat, null_min = _best_window_per_example(feature_to_example, feat_score, null)
+
+    bs, be = feat_s[best_feat], feat_e[best_feat]
+    ok = bs >= 0
+    safe_s, safe_e = np.where(ok, bs, 0), np.where(ok, be, 0)
+    cs = np.where(ok, char_start[best_feat, safe_s], -1)
+    ce = np.where(ok, char_end[best_feat, safe_e], -1)
+    prob = _span_probability(start_logits[best_feat], end_logits[best_feat], ctx[best_feat], safe_s, safe_e,
+                             cls_index)
+    return ExampleSpans(
+        example=examples,
+        feature=np.where(ok, best_feat, -1),
+        start_token=np.where(ok, bs, -1),
+        end_token=np.where(ok, be, -1),
+        char_start=cs.astype(np.int64),
+        char_end=ce.astype(np.int64),
+        score=feat_score[best_feat].astype(np.float64),
+        probability=np.where(ok, prob, 0.0).astype(np.float64),
+        null_score=null_min,
+    )
+
+
+def best_span_per_window(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.ndarray, n_best: int,
+                         max_answer_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window: the highest start+end score over valid spans (inside the context, start <= end,
+    at most max_answer_length tokens) among the n_best starts x n_best ends, and its token indices;
+    -1 where the window has no context. When no top pair is valid, every span is searched."""
     n_feat, length = start_logits.shape
     rows = np.arange(n_feat)
     k = min(n_best, length)
-
     s_masked = np.where(ctx, start_logits, NEG)
     e_masked = np.where(ctx, end_logits, NEG)
     # indices of the k largest logits per window (order inside the k does not matter)
@@ -132,45 +160,31 @@ def best_spans(
     none = ~np.isfinite(feat_score)
     feat_s[none] = -1
     feat_e[none] = -1
+    return feat_score, feat_s, feat_e
 
-    null = start_logits[:, cls_index] + end_logits[:, cls_index]
 
-    # per example: the best window (first on ties), and the minimum null score
-    examples, first = np.unique(feature_to_example, return_index=True)
+def _best_window_per_example(feature_to_example: np.ndarray, feat_score: np.ndarray,
+                             null: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The example ids (sorted), the best window of each (first on ties), and each one's minimum null score."""
+    rows = np.arange(len(feat_score))
+    examples = np.unique(feature_to_example)
     inverse = np.searchsorted(examples, feature_to_example)
     order = np.lexsort((rows, -np.where(np.isfinite(feat_score), feat_score, -np.inf), inverse))
     _, first_in_group = np.unique(inverse[order], return_index=True)
-    best_feat = order[first_in_group]
     null_min = np.full(len(examples), np.inf, dtype=np.float64)
     np.minimum.at(null_min, inverse, null.astype(np.float64))
+    return examples, order[first_in_group], null_min
 
-    bs, be = feat_s[best_feat], feat_e[best_feat]
-    ok = bs >= 0
-    safe_s, safe_e = np.where(ok, bs, 0), np.where(ok, be, 0)
-    cs = np.where(ok, char_start[best_feat, safe_s], -1)
-    ce = np.where(ok, char_end[best_feat, safe_e], -1)
 
-    # probability of the chosen span within its window (softmax over context tokens and CLS)
-    allowed = ctx[best_feat].copy()
+def _span_probability(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.ndarray, s: np.ndarray,
+                      e: np.ndarray, cls_index: int) -> np.ndarray:
+    """Probability of span (s, e) within its window: softmax over the context tokens and CLS."""
+    rows = np.arange(len(s))
+    allowed = ctx.copy()
     allowed[:, cls_index] = True
-    ls = _softmax_log_norm(start_logits[best_feat], allowed)
-    le = _softmax_log_norm(end_logits[best_feat], allowed)
-    prob = np.where(
-        ok,
-        np.exp(start_logits[best_feat, safe_s] - ls + end_logits[best_feat, safe_e] - le),
-        0.0,
-    )
-    return ExampleSpans(
-        example=examples,
-        feature=np.where(ok, best_feat, -1),
-        start_token=np.where(ok, bs, -1),
-        end_token=np.where(ok, be, -1),
-        char_start=cs.astype(np.int64),
-        char_end=ce.astype(np.int64),
-        score=feat_score[best_feat].astype(np.float64),
-        probability=prob.astype(np.float64),
-        null_score=null_min,
-    )
+    ls = _softmax_log_norm(start_logits, allowed)
+    le = _softmax_log_norm(end_logits, allowed)
+    return np.exp(start_logits[rows, s] - ls + end_logits[rows, e] - le)
 
 
 def no_answer_margin(spans: ExampleSpans) -> np.ndarray:

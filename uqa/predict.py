@@ -27,14 +27,20 @@ from typing import Any
 
 import numpy as np
 
+from uqa import layout
 from uqa.errors import UserError
+from uqa.modeling import HARD_CAP
+from uqa.params import EvaluateParams, TokenizeParams
 
 log = logging.getLogger(__name__)
 
 INFERENCE_FILE = "uqa_inference.json"
 WINDOW_KEYS = ("max_seq_length", "stride")  # written at training time
 EVAL_KEYS = ("n_best", "max_answer_length", "no_answer_threshold")  # known after evaluate
-DEFAULTS: dict[str, Any] = {"max_seq_length": 512, "stride": 128, "n_best": 20, "max_answer_length": 30,
+# for a model without uqa_inference.json (made before it existed): the schema's defaults, with the
+# length cap for max_seq_length (its default, auto, is resolved from the data, which we do not have here)
+DEFAULTS: dict[str, Any] = {"max_seq_length": HARD_CAP, "stride": TokenizeParams().stride,
+                            "n_best": EvaluateParams().n_best, "max_answer_length": EvaluateParams().max_answer_length,
                             "no_answer_threshold": None}
 
 
@@ -75,8 +81,10 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def window_settings(params, data_dir: Path = Path("data/tokenized"),
-                    report: Path = Path("reports/tokenize.json")) -> dict[str, int]:
+TOKENIZE_REPORT = layout.report("tokenize")
+
+def window_settings(params, data_dir: Path = layout.TOKENIZED_DIR,
+                    report: Path = TOKENIZE_REPORT) -> dict[str, int]:
     """The windowing the tokenize stage used: its report's resolved max_seq_length and stride;
     without the report, a numeric tokenize.max_seq_length or (auto) the longest window in the data."""
     rep = read_json_file(Path(report)) or {}
@@ -96,8 +104,8 @@ def window_settings(params, data_dir: Path = Path("data/tokenized"),
     return {"max_seq_length": int(max_len), "stride": int(stride)}
 
 
-def write_model_settings(model_dir: str | Path, params, data_dir: Path = Path("data/tokenized"),
-                         report: Path = Path("reports/tokenize.json")) -> dict[str, Any]:
+def write_model_settings(model_dir: str | Path, params, data_dir: Path = layout.TOKENIZED_DIR,
+                         report: Path = TOKENIZE_REPORT) -> dict[str, Any]:
     """models/final/uqa_inference.json, written by the train stage next to the weights."""
     from uqa.atomic import atomic_write_json
 
@@ -140,8 +148,8 @@ def registry_settings(model_dir: str | Path, metrics: dict[str, Any], digest: st
 
 def _project_eval(model_dir: Path) -> Path | None:
     """metrics/eval.json of the project whose models/final this is."""
-    if model_dir.name == "final" and model_dir.parent.name == "models":
-        path = model_dir.parent.parent / "metrics" / "eval.json"
+    if model_dir.parts[-len(layout.MODEL_DIR.parts):] == layout.MODEL_DIR.parts:
+        path = model_dir.parents[len(layout.MODEL_DIR.parts) - 1] / layout.METRICS_FILE
         return path if path.exists() else None
     return None
 

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.errors import UserError
 
 
 class RegistryInconsistent(UserError):
     """The GTO tags and the registry files disagree (or cannot be read): nothing is registered or promoted."""
 
-REGISTRY_DIR = Path("registry")
+REGISTRY_DIR = layout.REGISTRY_DIR
 REGISTRY_BRANCH = "refs/heads/uqa-registry"
 PROD = "prod"
 AUTHOR = ("uqa-pipeline", "uqa-pipeline@localhost")

@@ -100,12 +100,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uqa.demo import run_demo
+    from flows.pipeline import uqa_pipeline
+    from uqa.demo import demo_workspace
     from uqa.server import prefect_api
 
     started = time.time()
+    workspace = demo_workspace(Path(args.workdir), args.set)
     with prefect_api():
-        result = flow_result(run_demo(Path(args.workdir), args.set, wait_for_lock_minutes=args.wait))
+        result = flow_result(uqa_pipeline(project_dir=str(workspace), wait_for_lock_minutes=args.wait,
+                                          return_state=True))
     _print_result(result, Path(args.workdir))
     workdir = Path(args.workdir)
     print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")

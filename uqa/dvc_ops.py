@@ -1,4 +1,4 @@
-"""The pipeline's stages in order, and DVC as the record of which are up to date.
+"""DVC as the record of which stages are up to date, and the lock that gives a run its workspace.
 
 The Prefect flow asks DVC whether a stage is up to date (`dvc status <stage>`: its deps, params and
 outs match dvc.lock); if not, it calls the stage function and records the result with
@@ -7,41 +7,21 @@ outs match dvc.lock); if not, it calls the stage function and records the result
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from uqa.atomic import atomic_write_json
 from uqa.errors import UserError
-from uqa.params import Params
 
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    module: str  # tasks.<module>: PARAMS/DEPS/OUTS, and run(params, params_file) that dvc.yaml's cmd calls too
-
-    def load(self):
-        return importlib.import_module(self.module)
-
-    def run(self, params: Params, params_file: str) -> Any:
-        return self.load().run(params, params_file)
-
-
-STAGES: list[Stage] = [Stage(name, f"tasks.{name}") for name in
-                       ("source", "download", "filter", "tokenize", "train", "evaluate", "register")]
-BY_NAME = {s.name: s for s in STAGES}
 
 
 @contextlib.contextmanager
