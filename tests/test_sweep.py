@@ -183,6 +183,9 @@ def test_sweep_trials_on_other_machines(prefect_server, tmp_path):
     assert all(t["f1"] is not None for t in trials)
 
     # every trial ran in a clone of its own on a worker's machine, and removed it after pushing
+    # each trial trained on the data the sweep resolved: source pinned, the data stages cached
+    assert logs.count("source: pinned by the sweep") == 4, logs[-6000:]
+    assert logs.count("tokenize: up to date in dvc.lock, skipped") == 4
     clones = set(re.findall(r"removed this trial's clone (\S+)", logs))
     assert len(clones) == 4 and all(Path(c).name.startswith("uqa-trial-") for c in clones), logs[-6000:]
     assert not any(Path(c).exists() or Path(c).is_relative_to(project) for c in clones)
