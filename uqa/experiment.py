@@ -160,26 +160,36 @@ def save_experiment(worktree: Path, name: str, stages: list[str]) -> None:
     """`dvc exp save --name NAME STAGES...` of the worktree, with its run's untracked records (dvc.lock,
     metrics). Only the stages that ran are cached: an experiment never registers, and in a project
     that has never registered, the register stage's output does not exist."""
-    import fcntl
 
     untracked = [path for status, path in _workspace_changes(worktree) if status == "??"]
     args = ["exp", "save", "--name", name, "--force", *stages]
     for path in untracked:
         args += ["-I", path]
-    # parallel trials share one git repository: two `dvc exp save` at once race on its experiment
-    # refs (DVC failed with "'NoneType' object is not subscriptable"), so saves take turns
-    common = Path(_git(worktree, "rev-parse", "--git-common-dir").strip())
-    common = common if common.is_absolute() else (worktree / common)
+    with experiment_refs_lock(worktree):
+        _dvc(worktree, *args)
+
+
+@contextlib.contextmanager
+def experiment_refs_lock(path: Path) -> Iterator[None]:
+    """Held around every DVC command that writes or reads a repository's experiment refs. Parallel
+    trials share one git repository: two `dvc exp save` at once raced on its refs (DVC failed with
+    "'NoneType' object is not subscriptable"), and a `dvc exp show` during a save saw its temporary
+    refs ("unknown Git revision 'refs/exps/exec/EXEC_BASELINE'"), so they take turns."""
+    import fcntl
+
+    common = Path(_git(path, "rev-parse", "--git-common-dir").strip())
+    common = common if common.is_absolute() else (path / common)
     with open(common / "uqa-exp-save.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _dvc(worktree, *args)
+        yield
 
 
 def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
     """{experiment name: {rev, params, metrics}} from `dvc exp show --json` in the project."""
     import json
 
-    shown = json.loads(_dvc(Path(root), "exp", "show", "--json") or "[]")
+    with experiment_refs_lock(Path(root)):
+        shown = json.loads(_dvc(Path(root), "exp", "show", "--json") or "[]")
     found = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
@@ -259,10 +269,12 @@ def unpublish(root: Path, git_remote: str, ref: str) -> None:
 
 def push_experiment(root: Path, name: str, git_remote: str = "origin") -> None:
     """`dvc exp push`: the experiment's commit to the git remote, its outputs to the default DVC remote."""
-    _dvc(Path(root), "exp", "push", git_remote, name)
+    with experiment_refs_lock(Path(root)):
+        _dvc(Path(root), "exp", "push", git_remote, name)
 
 
 def pull_experiments(root: Path, git_remote: str, names: list[str], outputs: bool) -> None:
     """`dvc exp pull` of experiments other machines pushed: their commits (params, metrics, dvc.lock),
     and with `outputs` their outputs (models) from the DVC remote too."""
-    _dvc(Path(root), "exp", "pull", "--force", *([] if outputs else ["--no-cache"]), git_remote, *names)
+    with experiment_refs_lock(Path(root)):
+        _dvc(Path(root), "exp", "pull", "--force", *([] if outputs else ["--no-cache"]), git_remote, *names)
