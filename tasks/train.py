@@ -1,4 +1,5 @@
-"""Stage `train`: launch the recipe (tasks/train_worker.py) with `accelerate launch` and supervise it.
+"""Stage `train`: run the recipe (tasks/train_worker.py) in a child process (`accelerate launch` for
+several) and supervise it.
 
 inputs:  data/tokenized/{train,validation,tokenizer}; params model, train
 outputs: models/final (best checkpoint: safetensors weights, config, tokenizer), dvclive/ (training
@@ -41,7 +42,14 @@ class TrainingFailed(UserError):
 
 
 def launch_command(launcher: LauncherParams, params_file: str = PARAMS_FILE) -> list[str]:
-    """`accelerate launch` arguments from train.launcher (see README: several GPUs / machines)."""
+    """The command that runs the recipe: the worker itself for one process on one machine, else
+    `accelerate launch` with train.launcher (see README: several GPUs / machines)."""
+    worker = ["-m", "tasks.train_worker", "--params", params_file]
+    if _single_process(launcher):
+        # `accelerate launch` would only set defaults the recipe sets itself, cost 4 s of imports and
+        # export OMP_NUM_THREADS=1 (it sizes CPU threads only when told --cpu): half of a 2-core
+        # machine sat idle and the demo trained 1.5x slower
+        return [sys.executable, *worker]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if launcher.config_file:
         cmd += ["--config_file", launcher.config_file]
@@ -56,9 +64,22 @@ def launch_command(launcher: LauncherParams, params_file: str = PARAMS_FILE) -> 
                 cmd += ["--main_process_port", str(launcher.main_process_port)]
         # precision is set by the recipe (train.precision), compilation by train.torch_compile
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        if "OMP_NUM_THREADS" not in os.environ and "--num_cpu_threads_per_process" not in launcher.extra_args:
+            # each local rank gets its share of this machine's CPUs (accelerate's default is 1)
+            cmd += ["--num_cpu_threads_per_process", str(cpu_threads_per_rank(launcher))]
     cmd += list(launcher.extra_args)
-    cmd += ["-m", "tasks.train_worker", "--params", params_file]
-    return cmd
+    return cmd + worker
+
+
+def _single_process(launcher: LauncherParams) -> bool:
+    return (launcher.num_processes == 1 and launcher.num_machines == 1 and not launcher.config_file
+            and not launcher.extra_args)
+
+
+def cpu_threads_per_rank(launcher: LauncherParams) -> int:
+    local_ranks = max(1, launcher.num_processes // launcher.num_machines)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // local_ranks)
 
 
 def _hint(tail: list[str]) -> str:

@@ -138,6 +138,12 @@ def prepare_checkpoint_dir(params: Params, checkpoint_dir: Path, data_hash: str,
     return ckpts[-1] if ckpts else None
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def feature_lengths(dataset) -> list[int]:
     import pyarrow.compute as pc
 
@@ -329,6 +335,7 @@ def run(params: Params) -> dict[str, Any]:
             "precision": info["precision"],
             "world_size": state.num_processes,
             "device": str(state.device),
+            "cpu_threads_per_process": torch_threads(),
             "global_step": s.global_step,
             "epochs": s.epoch,
             "train_batch_size_per_device": params.train.train_batch_size,

@@ -228,6 +228,11 @@ def test_interrupted_training_stops_every_process_and_one_run_holds_the_workspac
     assert "registered uqa-qa v0.0.1 (promoted to prod" in out
     assert leftovers(root) == []
     assert not marked(mark)
+    # the temporary servers skipped registering block types and did not record it as done: the
+    # user's own `prefect server start` on this PREFECT_HOME still registers them
+    memo = home / "memo_store.toml"
+    assert (home / "prefect.db").exists()
+    assert not memo.exists() or "block_auto_registration" not in memo.read_text()
 
 
 def test_dvc_repro_and_the_flow_share_one_lock(tmp_path):

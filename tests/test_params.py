@@ -245,10 +245,10 @@ def test_demo_params_laid_over_the_project_params_load(tmp_path):
 
     write_demo_params(tmp_path / "params.yaml")
     p = load_params(tmp_path / "params.yaml")
-    assert p.model.init == "scratch" and p.model.config["model_type"] == "xlm-roberta"
+    assert p.model.init == "scratch" and p.model.config["model_type"] == "modernbert"
     assert p.model.tokenizer_source is None
     assert p.data.source == {"train": "demo-data/train.jsonl", "validation": "demo-data/validation.jsonl"}
-    assert (p.train.learning_rate, p.train.epochs, p.train.group_by_length, p.register.min_f1) == (3e-3, 8, True, 50.0)
+    assert (p.train.learning_rate, p.train.epochs, p.train.group_by_length, p.register.min_f1) == (3e-3, 5, True, 50.0)
     assert p.train.weight_decay == 0.01  # what the demo does not set comes from the project's params.yaml
 
 

@@ -82,21 +82,30 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     assert not any((project / ".dvc/tmp/uqa-exps").glob("*"))  # every trial's worktree is gone
 
 
+def _pool_with_deployment(url: str, deployment: str) -> dict[str, str]:
+    """The `uqa-local` process pool and one deployment of prefect.yaml on the server at `url`; returns
+    the environment for workers and CLI calls against it."""
+    from test_deploy import prefect_cli
+
+    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
+    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("--no-prompt", "deploy", "-n", deployment, env=env)
+    return env
+
+
 @pytest.mark.slow
 def test_sweep_on_a_work_pool_with_two_workers(prefect_server, tmp_path):
     """Trials as runs of the `trial` deployment that two process workers pick up; a retried parent
     gets the same child runs back (idempotency keys); the sweep artifact lists every trial."""
     from prefect.deployments import run_deployment
-    from test_deploy import api, prefect_cli
+    from test_deploy import api
 
     from flows.sweep import uqa_sweep
 
     url = prefect_server
     project = make_project(tmp_path / "project", FAST)
     params_before = (project / "params.yaml").read_bytes()
-    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
-    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
-    prefect_cli("--no-prompt", "deploy", "-n", "trial", env=env)
+    env = _pool_with_deployment(url, "trial")
     workers = [subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "uqa-local",
                                  "--limit", "1"], cwd=REPO, env=env, stdout=open(tmp_path / f"worker{i}.log", "w"),
                                 stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
@@ -136,16 +145,12 @@ def test_sweep_trials_on_other_machines(prefect_server, tmp_path):
     (from a bare git remote) into a directory of its own on its worker's "machine" (a directory the
     project is not in), pulls the data from the DVC remote (a local directory), runs as a DVC
     experiment and `dvc exp push`es it; the sweep `dvc exp pull`s them, registers the winner."""
-    from test_deploy import prefect_cli
-
     from flows.sweep import uqa_sweep
 
     url = prefect_server
     project = make_project(tmp_path / "project", FAST)
     params_before = (project / "params.yaml").read_bytes()
-    env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO))
-    prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
-    prefect_cli("--no-prompt", "deploy", "-n", "trial-remote", env=env)
+    env = _pool_with_deployment(url, "trial-remote")
 
     # no git remote to clone from: refused before any work, saying what to add
     state = uqa_sweep(project_dir=str(project), grid={"train.epochs": [1]},

@@ -159,6 +159,7 @@ def test_two_ddp_processes_step_by_the_global_batch(tokenized, tmp_path):
         env_threads = os.environ.get("OMP_NUM_THREADS")
         report = train(p)
     assert env_threads == "1"
+    assert report["cpu_threads_per_process"] == 1  # the OMP_NUM_THREADS the user set (here: conftest)
     assert report["world_size"] == 2
     assert report["global_batch_size"] == 16 * 2 * 2
     n = report["train_features"]
@@ -167,6 +168,53 @@ def test_two_ddp_processes_step_by_the_global_batch(tokenized, tmp_path):
     assert (project / "models" / "final" / "model.safetensors").exists()
     log = (project / "reports" / "train.log").read_text()
     assert "--multi_gpu" in log and "--num_processes 2" in log
+
+
+def test_launch_command(monkeypatch):
+    """One process on one machine runs the recipe itself; several go through `accelerate launch`,
+    each with its share of this machine's CPUs unless the user chose (OMP_NUM_THREADS, or the flag)."""
+    import sys
+
+    from tasks.train import launch_command
+    from uqa.params import LauncherParams
+
+    assert launch_command(LauncherParams()) == [sys.executable, "-m", "tasks.train_worker", "--params", "params.yaml"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cmd = launch_command(LauncherParams(num_processes=2, main_process_port=29517))
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "tasks.train_worker", "--params",
+                                                                            "params.yaml"]
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(share)
+    # 4 processes on 2 machines: 2 on this one
+    cmd = launch_command(LauncherParams(num_processes=4, num_machines=2, main_process_ip="10.0.0.1"))
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(share)
+    own = launch_command(LauncherParams(extra_args=["--num_cpu_threads_per_process", "3"]))
+    assert own.count("--num_cpu_threads_per_process") == 1 and "accelerate.commands.launch" in own
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert "--num_cpu_threads_per_process" not in launch_command(LauncherParams(num_processes=2))
+
+
+@pytest.mark.slow
+def test_one_process_trains_on_every_cpu(tokenized, tmp_path, monkeypatch):
+    """Without OMP_NUM_THREADS the recipe gets torch's default threads (all cores), not the single
+    thread `accelerate launch` would have pinned it to."""
+    import subprocess
+    import sys
+
+    from tasks.train import train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    project = tmp_path / "one"
+    shutil.copytree(tokenized / "data" / "tokenized", project / "data" / "tokenized")
+    with working_dir(project):
+        report = train(tiny_params(max_steps=2))
+    assert report["world_size"] == 1 and report["global_step"] == 2
+    assert report["cpu_threads_per_process"] == default
+    first_line = (project / "reports" / "train.log").read_text().splitlines()[0]
+    assert first_line == f"$ {sys.executable} -m tasks.train_worker --params params.yaml"
 
 
 def test_training_timeout_kills_the_process_group(tmp_path):

@@ -39,8 +39,8 @@ def experiment_name(text: str) -> str:
     return name or "uqa-exp"
 
 
-def _git(cwd: Path, *args: str) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise UserError(f"git {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()}")
     return r.stdout
@@ -236,18 +236,12 @@ def snapshot_commit(root: Path, message: str) -> str:
     if not _git(root, "status", "--porcelain", "--untracked-files=all").strip():
         return _git(root, "rev-parse", "HEAD").strip()
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))
-
-        def git(*args: str) -> str:
-            r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                raise UserError(f"git {' '.join(args[:2])} failed in {root}: {(r.stderr or r.stdout).strip()}")
-            return r.stdout.strip()
-
-        git("read-tree", "HEAD")
-        git("add", "-A")
-        tree = git("write-tree")
-        return git("commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}")
+        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))  # the user's index is untouched
+        _git(root, "read-tree", "HEAD", env=env)
+        _git(root, "add", "-A", env=env)
+        tree = _git(root, "write-tree", env=env).strip()
+        return _git(root, "commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}",
+                    env=env).strip()
 
 
 def remote_url(root: Path, git_remote: str) -> str:

@@ -23,6 +23,14 @@ def scratch_config(model: ModelParams, vocab_size: int, tokenizer=None):
             cfg.setdefault("bos_token_id", tokenizer.bos_token_id)
         if tokenizer.eos_token_id is not None:
             cfg.setdefault("eos_token_id", tokenizer.eos_token_id)
+        # architectures that name them (ModernBERT) otherwise keep ids from their own vocabulary
+        from transformers import CONFIG_MAPPING
+
+        config_class = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+        for name in ("cls", "sep"):
+            token_id = getattr(tokenizer, f"{name}_token_id", None)
+            if token_id is not None and hasattr(config_class, f"{name}_token_id"):
+                cfg.setdefault(f"{name}_token_id", token_id)
     try:
         return AutoConfig.for_model(model_type, **cfg)
     except (ValueError, TypeError, KeyError) as exc:

@@ -19,13 +19,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from uqa.errors import UserError
 from uqa.procs import die_with_parent, stop_tree
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -48,12 +51,35 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _nothing() -> Any:
+    return None
+
+
+def temporary_server_env() -> dict[str, str]:
+    """The environment of a temporary server (a setting the user gave, under any of its names, wins)."""
+    env = dict(os.environ)
+
+    def default(value: str, *names: str) -> None:
+        if not any(name in env for name in names):
+            env[names[0]] = value
+
+    default("false", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    # one run needs no block catalog, and registering it is 5 s of a brand-new PREFECT_HOME's first
+    # start. Memoizing goes off with it: otherwise the skipped registration is remembered as done
+    # and the user's own `prefect server start` on this PREFECT_HOME would skip it too.
+    default("false", "PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "PREFECT_API_BLOCKS_REGISTER_ON_START")
+    default("false", "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION")
+    return env
+
+
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """Yield the API URL to use; a temporary server is started (and always stopped) when none is set."""
+def prefect_api(meanwhile: Callable[[], T] = _nothing) -> Iterator[T]:
+    """Make the Prefect API available to the block: the user's, or a temporary server that is started
+    (and always stopped) when none is set. `meanwhile` (imports, preparing a workspace) runs while
+    that server starts, which takes 10 s and more; the block gets its result."""
     url = configured_api_url()
     if url:
-        yield url
+        yield meanwhile()
         return
     from prefect.context import refresh_global_settings_context
     from prefect.settings import (
@@ -73,10 +99,10 @@ def prefect_api() -> Iterator[str]:
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
              "--no-services", "--no-ui"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=die_with_parent, env=dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED=os.environ.get(
-                "PREFECT_SERVER_ANALYTICS_ENABLED", "false")),
+            preexec_fn=die_with_parent, env=temporary_server_env(),
         )
     try:
+        prepared = meanwhile()
         deadline = time.monotonic() + timeout
         while not _healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -94,7 +120,7 @@ def prefect_api() -> Iterator[str]:
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 try:
-                    yield url
+                    yield prepared
                 finally:
                     _drain_logs()
         finally:

@@ -13,12 +13,17 @@ from uqa.procs import sigterm_as_interrupt
 from uqa.runtime import apply_runtime_defaults
 
 
+def _pipeline_flow():
+    from flows.pipeline import uqa_pipeline  # imported while a temporary server starts
+
+    return uqa_pipeline
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import uqa_pipeline
     from uqa.params import overrides_to_nested
     from uqa.server import prefect_api
 
-    with prefect_api():
+    with prefect_api(meanwhile=_pipeline_flow) as uqa_pipeline:
         state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None,
                              push=args.push, wait_for_lock_minutes=args.wait, return_state=True)
         result = flow_result(state)
@@ -68,8 +73,13 @@ def _grid(specs: list[str]) -> dict[str, list]:
     return grid
 
 
+def _sweep_flow():
+    from flows.sweep import uqa_sweep  # imported while a temporary server starts
+
+    return uqa_sweep
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from flows.sweep import uqa_sweep
     from uqa.server import prefect_api
 
     ranges = {}
@@ -78,7 +88,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ranges[key.strip()] = value
     if bool(args.grid) == bool(ranges):
         raise UserError("give --grid KEY=V1,V2 (every combination), or --range KEY=LOW:HIGH[:log|:int] with --samples N")
-    with prefect_api():
+    with prefect_api(meanwhile=_sweep_flow) as uqa_sweep:
         state = uqa_sweep(project_dir=args.project, grid=_grid(args.grid) or None, ranges=ranges or None,
                           samples=args.samples, seed=args.seed, trial_deployment=args.deployment,
                           git_remote=args.git_remote, return_state=True)
@@ -100,13 +110,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.pipeline import uqa_pipeline
     from uqa.demo import demo_workspace
     from uqa.server import prefect_api
 
     started = time.time()
-    workspace = demo_workspace(Path(args.workdir), args.set)
-    with prefect_api():
+
+    def prepare():
+        return _pipeline_flow(), demo_workspace(Path(args.workdir), args.set)
+
+    with prefect_api(meanwhile=prepare) as (uqa_pipeline, workspace):
         result = flow_result(uqa_pipeline(project_dir=str(workspace), wait_for_lock_minutes=args.wait,
                                           return_state=True))
     _print_result(result, Path(args.workdir))
