@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_runtime_defaults()  # before Prefect is imported
+    _stacks_on_sigusr1()
     args = build_parser().parse_args(argv)
     try:
         with sigterm_as_interrupt():
@@ -306,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({why}): the run was stopped; run it again to continue (finished stages are "
               "cached, training resumes from its last complete checkpoint)", file=sys.stderr)
         return 130
+
+
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack to stderr: where a command that seems stuck is."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 if __name__ == "__main__":
