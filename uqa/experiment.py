@@ -160,7 +160,6 @@ def save_experiment(worktree: Path, name: str, stages: list[str]) -> None:
     """`dvc exp save --name NAME STAGES...` of the worktree, with its run's untracked records (dvc.lock,
     metrics). Only the stages that ran are cached: an experiment never registers, and in a project
     that has never registered, the register stage's output does not exist."""
-
     untracked = [path for status, path in _workspace_changes(worktree) if status == "??"]
     args = ["exp", "save", "--name", name, "--force", *stages]
     for path in untracked:
