@@ -234,8 +234,11 @@ def evaluate(params: Params, model_dir: Path = MODEL_DIR, features_dir: Path = F
     frame, metrics = score_predictions(frame, references, margins, params.evaluate.no_answer_threshold,
                                        params.evaluate.tune_fraction, selected_by)
     frame = add_buckets(frame)
+    from uqa.gate import eval_set_fingerprint
+
     metrics.update(
         mode="squad2" if squad2 else "answerable-only",
+        eval_set=eval_set_fingerprint(examples),  # which questions: the promotion gate compares like with like
         n_features=int(windows.n_windows),
         inference_seconds=round(inference_s, 3),
         device=str(device),

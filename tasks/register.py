@@ -25,6 +25,7 @@ from typing import Any
 from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, TransientError, UserError
+from uqa.gate import decide
 from uqa.params import Params
 from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
@@ -209,7 +210,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def push_to_hub(directory: Path, repo_id: str | None) -> str:
+def push_to_hub(directory: Path, repo_id: str | None, private: bool = True) -> str:
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
         try:
@@ -226,7 +227,7 @@ def push_to_hub(directory: Path, repo_id: str | None) -> str:
 
     try:
         api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True)
+        api.create_repo(repo_id, exist_ok=True, private=private)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory))
     except Exception as exc:  # the message must never carry the token
         text = f"{type(exc).__name__}: {exc}".replace(token, "***")
@@ -252,14 +253,15 @@ def _hub_done(entry: dict[str, Any], repo_id: str | None) -> bool:
     return bool(hub.get("pushed")) and hub.get("repo_id") == repo_id
 
 
-def _push_and_record(registry: Registry, index: dict[str, Any], entry: dict[str, Any], repo_id: str | None) -> str:
+def _push_and_record(registry: Registry, index: dict[str, Any], entry: dict[str, Any], repo_id: str | None,
+                     private: bool = True) -> str:
     """Push the version to the Hub and record the outcome in its index entry (one atomic index write).
 
     A failure is recorded as pending (with the token-free error) and re-raised: the stage fails, the
     registration stays consistent, and the next run with the same weights retries the push."""
     entry["hub"] = {"repo_id": repo_id, "pushed": False, "url": None, "error": None}
     try:
-        url = push_to_hub(registry.version_dir(entry["version"]), repo_id)
+        url = push_to_hub(registry.version_dir(entry["version"]), repo_id, private)
     except UserError as exc:
         entry["hub"]["error"] = str(exc)  # push_to_hub's messages never carry the token
         atomic_write_json(registry.index_path, index)
@@ -287,15 +289,63 @@ def _tag(registry: Registry, entry: dict[str, Any]) -> None:
     entry["gto"] = "tagged"
 
 
-def finish_pending_tags(registry: Registry, index: dict[str, Any]) -> None:
+def finish_pending_tags(registry: Registry, index: dict[str, Any], min_f1: float = 0.0) -> None:
+    """Tag the versions a killed run recorded but did not tag: each one verified first (its directory
+    holds the weights its record names) and its promotion gated again against what GTO says is in
+    prod now; a promotion that no longer passes is withdrawn, never assigned."""
     pending = [e for e in index["versions"] if e.get("gto") == "pending"]
     if not pending or not registry.uses_git:
         return
     for entry in pending:
-        log.warning("register: %s %s was recorded but a run stopped before tagging it; tagging it now",
+        log.warning("register: %s %s was recorded but a run stopped before tagging it; verifying and tagging it now",
                     registry.name, entry["version"])
+        _verify_version_dir(registry, entry)
+        if PROD in entry.get("stages", []):
+            _regate_pending(registry, index, entry, min_f1)
         _tag(registry, entry)
     atomic_write_json(registry.index_path, index)
+
+
+def _verify_version_dir(registry: Registry, entry: dict[str, Any]) -> None:
+    version = entry["version"]
+    vdir = registry.version_dir(version)
+    repair = (f"restore the registry (`dvc pull registry`), or remove {version}'s record from {registry.index_path} "
+              f"and its directory, and run again")
+    missing = [n for n in ("config.json", "README.md", "registration.json") if not (vdir / n).is_file()]
+    if not any(vdir.glob("*.safetensors")):
+        missing.append("*.safetensors weights")
+    if missing:
+        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but {vdir} has "
+                                   f"no {', '.join(missing)}: {repair}")
+    if weights_sha256(vdir) != entry.get("weights_sha256"):
+        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but the weights in "
+                                   f"{vdir} are not the ones its record names (weights_sha256): {repair}")
+
+
+def _regate_pending(registry: Registry, index: dict[str, Any], entry: dict[str, Any], min_f1: float) -> None:
+    """A pending promotion stands only if prod is still what it was decided against (and min_f1 holds);
+    else it is decided again, like with like only (no data to re-score prod here), or withdrawn."""
+    found = registry.stage_assignment(PROD)
+    prod = found[0] if found else None
+    gate = entry.get("gate") or {}
+    f1 = entry["metrics"].get("f1")
+    if "prod" in gate and gate["prod"] == prod and isinstance(f1, (int, float)) and f1 >= min_f1:
+        return
+    prod_record = registry.record(prod) if prod else None
+    if prod and prod_record is None:
+        raise RegistryInconsistent(f"{registry.name} {prod} is in prod but {registry.index_path} has no record of it: "
+                                   "restore the index (`dvc pull registry`) and run again")
+    promote, reason = decide(float(f1) if isinstance(f1, (int, float)) else float("nan"), min_f1, prod, prod_record,
+                             entry["metrics"])
+    if promote:
+        entry["reason"] = f"{reason} (decided again when its tags were completed)"
+        entry["gate"] = {"prod": prod, "min_f1": min_f1}
+        return
+    log.warning("register: %s %s's promotion withdrawn: %s", registry.name, entry["version"], reason)
+    entry.update(promoted=False, stages=[], reason=f"promotion withdrawn when its tags were completed: {reason}")
+    for other in index["versions"]:  # the index says what GTO says: prod stays where it is
+        if other["version"] == prod and PROD not in other.get("stages", []):
+            other["stages"] = [*other.get("stages", []), PROD]
 
 
 def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR,
@@ -312,22 +362,27 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     metrics, f1 = read_metrics(metrics_file)
     digest = weights_sha256(model_dir)
     scored = (metrics.get("inference") or {}).get("weights_sha256")
-    if scored not in (None, digest):  # metrics of other weights must never vouch for these
-        raise DataError(f"{metrics_file} scored other weights than {model_dir}: rerun the evaluate stage "
-                        "(dvc repro evaluate)")
+    if scored != digest:  # metrics of other (or unnamed) weights must never vouch for these
+        said = "does not name the weights it scored (no inference.weights_sha256)" if scored is None else \
+            "scored other weights than"
+        raise DataError(f"{metrics_file} {said}{' ' + str(model_dir) if scored is not None else ''}: rerun the "
+                        "evaluate stage (dvc repro evaluate)")
     registry = Registry(root, cfg.name)
     index = registry.index()
-    finish_pending_tags(registry, index)  # a run killed between its index record and its GTO tags
+    finish_pending_tags(registry, index, cfg.min_f1)  # a run killed between its index record and its GTO tags
     prod, prod_record = registry.verified_stage(PROD)  # RegistryInconsistent: stop, promote nothing
 
     latest = index["versions"][-1] if index["versions"] else None
     if latest and latest.get("weights_sha256") == digest:
         report = _already_registered(registry, index, latest, cfg, prod)
     else:
-        promote, reason = promotion_decision(f1, cfg.min_f1, prod, prod_record)
-        # a version number GTO already has (e.g. from a run killed after tagging) must not be reused
-        version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions())
+        promote, reason = promotion_decision(f1, cfg.min_f1, prod, prod_record, metrics,
+                                             _rescore(registry, prod, params, metrics, run_dir, root))
+        # never a number in use: not one in the index, in GTO's tags, or a directory in the store
+        version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions()
+                               + registry.version_dirs())
         record = _version_record(version, digest, params, metrics, promote, reason)
+        record["gate"] = {"prod": prod, "min_f1": cfg.min_f1}  # what the decision was made against
         card = model_card(cfg.name, version, params, metrics, read_json(run_dir / DOWNLOAD_REPORT),
                           read_json(run_dir / TRAIN_REPORT), promote, reason)
         _write_version(registry, version, model_dir, metrics, digest, card, record)
@@ -350,26 +405,35 @@ def _already_registered(registry: Registry, index: dict[str, Any], latest: dict[
     # a push that failed (or never ran) after this version reached prod: finish it now
     if cfg.push_to_hub and prod == version and not _hub_done(latest, cfg.hub_repo_id):
         log.info("register: %s %s is registered; retrying its Hub push", cfg.name, version)
-        hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id)
+        hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id, cfg.hub_private)
     reason = f"these weights are already registered as {version}"
     log.info("register: %s", reason)
     return {"name": cfg.name, "version": version, "registered": False, "promoted": prod == version,
             "reason": reason, "prod_version": prod, "path": str(registry.version_dir(version)), "hub_url": hub_url}
 
 
-def promotion_decision(f1: float, min_f1: float, prod: str | None,
-                       prod_record: dict[str, Any] | None) -> tuple[bool, str]:
-    """The gate: at least register.min_f1, and no worse than the model in prod."""
-    prod_f1 = float(prod_record["metrics"]["f1"]) if prod_record else None
-    if f1 < min_f1:
-        return False, f"F1 {f1:.2f} < register.min_f1 {min_f1:.2f}"
-    if prod_f1 is not None and f1 < prod_f1:
-        return False, f"F1 {f1:.2f} < prod {prod} F1 {prod_f1:.2f}"
-    return True, f"F1 {f1:.2f} >= min_f1 {min_f1:.2f}" + (
-        f" and >= prod {prod} F1 {prod_f1:.2f}" if prod_f1 is not None else " (first prod model)")
+def promotion_decision(f1: float, min_f1: float, prod: str | None, prod_record: dict[str, Any] | None,
+                       metrics: dict[str, Any] | None = None, rescore=None) -> tuple[bool, str]:
+    """The gate (uqa/gate.py): at least register.min_f1, and no worse than prod measured like with like."""
+    return decide(f1, min_f1, prod, prod_record, metrics, rescore)
 
 
-RECORD_METRICS = ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold")
+def _rescore(registry: Registry, prod: str | None, params: Params, metrics: dict[str, Any], run_dir: Path,
+             root: Path):
+    """prod's F1 on this run's evaluation (called by the gate only when prod's record was scored otherwise)."""
+    if prod is None:
+        return None
+
+    def rescore() -> float:
+        from tasks.rescore import model_f1_on, validation_examples
+
+        return model_f1_on(registry.version_dir(prod), validation_examples(run_dir, root), params,
+                           squad2=metrics.get("mode") == "squad2")
+    return rescore
+
+
+RECORD_METRICS = ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold",
+                  "eval_set", "tuning")  # eval_set, mode and tuning.tune_fraction: what the F1 is comparable with
 
 
 def _version_record(version: str, digest: str, params: Params, metrics: dict[str, Any], promote: bool,
@@ -418,7 +482,7 @@ def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[
     if registry.uses_git:
         _tag(registry, entry)
         atomic_write_json(registry.index_path, index)
-    return _push_and_record(registry, index, entry, cfg.hub_repo_id) if push else None
+    return _push_and_record(registry, index, entry, cfg.hub_repo_id, cfg.hub_private) if push else None
 
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:

@@ -27,10 +27,17 @@ def _model(root: Path, seed: int) -> None:
     model.save_pretrained(str(root / "models" / "final"))
 
 
-def _metrics(root: Path, f1: float) -> None:
+def _metrics(root: Path, f1: float, eval_set: str = "set-1", mode: str = "answerable-only",
+             tune_fraction: float = 0.0) -> None:
+    """metrics/eval.json as evaluate writes it for models/final: the weights it scored, the set it scored them on."""
+    from uqa.predict import weights_sha256
+
     (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / "eval.json").write_text(json.dumps({"exact_match": f1 - 5, "f1": f1, "urdu_exact_match": f1 - 4,
-                                                            "urdu_f1": f1 + 1, "n_questions": 10}))
+    (root / "metrics" / "eval.json").write_text(json.dumps({
+        "exact_match": f1 - 5, "f1": f1, "urdu_exact_match": f1 - 4, "urdu_f1": f1 + 1, "n_questions": 10,
+        "mode": mode, "tuning": {"tune_fraction": tune_fraction}, "eval_set": {"sha256": eval_set, "rows": 10},
+        "inference": {"n_best": 20, "max_answer_length": 30, "no_answer_threshold": None,
+                      "weights_sha256": weights_sha256(root / "models" / "final")}}))
 
 
 def _params(min_f1=0.0):

@@ -177,12 +177,25 @@ class EvaluateParams:
         "all of validation (the reported F1 is then optimistic)", ge=0, lt=1)] = 0.0
 
 
+# GTO's artifact name rule (gto.constants.name_re): the name is a directory under registry/ and part of git tags
+GTO_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-/_]*[a-zA-Z0-9])?")
+
+
 @dataclass(frozen=True, config=_CONFIG)
 class RegisterParams:
-    name: Annotated[Str, _doc("the registered model's name", min_length=1)] = "uqa-qa"
+    name: Annotated[Str, _doc("the registered model's name (GTO's rule: letters, digits, -, _ and /, starting and "
+                              "ending with a letter or digit)", min_length=1)] = "uqa-qa"
     min_f1: Annotated[Float, _doc("promotion gate: the F1 (0-100) a model needs", ge=0, le=100)] = 0.0
     push_to_hub: Annotated[Bool, _doc("seed's push_to_hub; needs HF_TOKEN")] = False
     hub_repo_id: Annotated[Str | None, _doc("e.g. your-name/xlm-roberta-base-uqa")] = None
+    hub_private: Annotated[Bool, _doc("create the Hub repo private (public only when you say so)")] = True
+
+    @model_validator(mode="after")
+    def _rules(self) -> RegisterParams:
+        if not GTO_NAME.fullmatch(self.name):
+            raise _rule("name", self.name, "a GTO artifact name: letters, digits, '-', '_' and '/', starting and "
+                                           "ending with a letter or digit (e.g. uqa-qa)")
+        return self
 
 
 @dataclass(frozen=True, config=_CONFIG)

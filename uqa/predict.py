@@ -51,6 +51,7 @@ class Answer:
     end: int
     score: float  # probability of the span within its window
     no_answer: bool = False
+    margin: float = float("nan")  # null score - best span score (SQuAD2 models: what a threshold is applied to)
 
     def to_dict(self) -> dict:
         return {"answer": self.answer, "start": self.start, "end": self.end, "score": round(self.score, 6),
@@ -322,10 +323,11 @@ class Predictor:
             j = int(np.searchsorted(spans.example, i))
             null = self.no_answer_threshold is not None and margins[j] > self.no_answer_threshold
             if null or spans.char_start[j] < 0:
-                answers.append(Answer("", -1, -1, float(spans.probability[j]), no_answer=True))
+                answers.append(Answer("", -1, -1, float(spans.probability[j]), no_answer=True,
+                                      margin=float(margins[j])))
             else:
                 answers.append(Answer(texts[j], int(spans.char_start[j]), int(spans.char_end[j]),
-                                      float(spans.probability[j])))
+                                      float(spans.probability[j]), margin=float(margins[j])))
         return answers
 
 

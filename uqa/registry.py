@@ -41,8 +41,24 @@ AUTHOR = ("uqa-pipeline", "uqa-pipeline@localhost")
 
 
 def is_git_repo(root: Path) -> bool:
-    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
-    return r.returncode == 0 and Path(r.stdout.strip()).resolve() == Path(root).resolve()
+    """Whether `root` is the top of a git repository. Only git's own "not a git repository" means no:
+    any other git error (e.g. "detected dubious ownership", a broken config) is raised, because
+    reading the registry from its index instead would ignore the GTO tags that decide prod."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    except FileNotFoundError:
+        if (Path(root) / ".git").exists():
+            raise RegistryInconsistent(f"{Path(root).resolve()} is a git repository but git is not installed: "
+                                       "install git (the registry's stages are GTO tags)") from None
+        return False
+    if r.returncode != 0:
+        if "not a git repository" in r.stderr.lower():
+            return False
+        raise RegistryInconsistent(
+            f"git cannot read {Path(root).resolve()} ({' '.join(r.stderr.split())[:300]}): fix that first (for "
+            f"\"dubious ownership\": `git config --global --add safe.directory {Path(root).resolve()}`); the "
+            "registry is never read without its GTO tags on a git error")
+    return Path(r.stdout.strip()).resolve() == Path(root).resolve()
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> str:
@@ -92,10 +108,21 @@ class Registry:
     def uses_git(self) -> bool:
         return is_git_repo(Path(self.root))
 
+    def version_dirs(self) -> list[str]:
+        """The version directories in the store (vX.Y.Z), whatever the index says."""
+        if not self.store.is_dir():
+            return []
+        return sorted(p.name for p in self.store.iterdir() if p.is_dir() and re.fullmatch(r"v\d+\.\d+\.\d+", p.name))
+
     def index(self) -> dict[str, Any]:
-        if not self.index_path.exists():
-            return {"name": self.name, "versions": []}
         restore = "restore it from DVC (`dvc pull registry`) or from a backup"
+        if not self.index_path.exists():
+            found = self.version_dirs()
+            if found:  # "no index" would mean "no prod", and v0.0.1 would be written over an existing one
+                raise RegistryInconsistent(
+                    f"{self.store} has version directories ({', '.join(found)}) but no index.json: {restore}, "
+                    f"or move those directories away if they are not versions of {self.name}")
+            return {"name": self.name, "versions": []}
         try:
             index = json.loads(self.index_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -179,6 +206,8 @@ class Registry:
                 f"outside git, recreate them with `gto register` / `gto assign`")
         found = self.stage_assignment(stage)
         if found is None:
+            if self.uses_git:
+                self._tags_agree_with_index(index, stage, found)
             return None, None
         version, tag = found
         if self.uses_git:
@@ -203,7 +232,44 @@ class Registry:
             raise RegistryInconsistent(
                 f"{where} but {vdir} has no {' and no '.join(missing)}: restore the registry "
                 f"(`dvc pull registry`), or take {version} out of {stage} ({unassign})")
+        if self.uses_git:
+            self._tags_agree_with_index(index, stage, found)
         return version, record
+
+    def _tags_agree_with_index(self, index: dict[str, Any], stage: str, found: tuple[str, str | None] | None) -> None:
+        """GTO's tags and the index must say the same: which versions exist and which one is in `stage`.
+        A deleted or unfetched prod tag must not read as "no prod yet" (any model would be promoted)."""
+        where = self.index_path
+        tagged = set(self.gto_versions())
+        recorded = [v["version"] for v in index["versions"]]
+        untagged = [v["version"] for v in index["versions"] if v["version"] not in tagged and v.get("gto") != "pending"]
+        if untagged:
+            raise RegistryInconsistent(
+                f"{where} records {', '.join(untagged)} of {self.name} but git has no tag "
+                f"'{self.name}@{untagged[0]}': fetch the tags (`git fetch --tags`), or recreate it "
+                f"(`gto register {self.name} --version {untagged[0]}`), then rerun")
+        unrecorded = sorted(tagged - set(recorded))
+        if unrecorded:
+            raise RegistryInconsistent(
+                f"git has the tag '{self.name}@{unrecorded[0]}' but {where} has no record of {unrecorded[0]}: "
+                f"restore the index (`dvc pull registry`), or delete the tag (`git tag -d '{self.name}@{unrecorded[0]}'`)"
+                ", then rerun")
+        in_index = [v["version"] for v in index["versions"] if stage in v.get("stages", [])]
+        in_git = found[0] if found else None
+        if in_index == ([in_git] if in_git else []):
+            return
+        if in_git is None:
+            v = in_index[-1]
+            raise RegistryInconsistent(
+                f"{where} records {self.name} {v} in {stage} but git has no '{self.name}#{stage}#N' tag for it "
+                f"(deleted, or not fetched): fetch the tags (`git fetch --tags`), or restore the assignment "
+                f"(`gto assign {self.name} {v} --stage {stage}`), or, if {v} left {stage} on purpose, remove "
+                f"'{stage}' from its stages in {where}; then rerun")
+        said = ", ".join(in_index) if in_index else "no version"
+        raise RegistryInconsistent(
+            f"git's tags put {self.name} {in_git} in {stage} (tag '{found[1]}') but {where} records {said} there: "
+            f"fetch the tags (`git fetch --tags --force`) and restore the index (`dvc pull registry`), or make "
+            f"them agree (`gto assign {self.name} VERSION --stage {stage}`, or the stages in {where}); then rerun")
 
     def record(self, version: str) -> dict[str, Any] | None:
         for entry in self.versions():

@@ -1,0 +1,53 @@
+"""Score a registered model (prod) on this run's evaluation, the way evaluate scored the challenger.
+
+The promotion gate (uqa/gate.py) compares like with like: when prod's recorded F1 was measured on
+another validation set, mode or tune_fraction, prod is scored again here on the challenger's
+validation questions (data/filtered/validation), with the challenger's evaluate settings (n_best,
+max_answer_length, no-answer threshold and its tune/report split) and prod's own windowing and
+tokenizer (its uqa_inference.json), and the gate compares with that F1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.evaluate import EXAMPLES, references_by_id, score_predictions
+from uqa.errors import DataError
+from uqa.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def validation_examples(*dirs: Path) -> Path:
+    """The first of `dirs`/data/filtered/validation that exists (the run's, then the project's)."""
+    for d in dirs:
+        if (Path(d) / EXAMPLES).is_dir():
+            return Path(d) / EXAMPLES
+    raise DataError(f"{Path(dirs[0]) / EXAMPLES} is missing, and prod must be re-scored on this run's validation "
+                    "set to compare like with like: rerun the filter stage (dvc repro filter), then register")
+
+
+def model_f1_on(model_dir: Path, examples_dir: Path, params: Params, squad2: bool) -> float:
+    """F1 (official SQuAD v2, 0-100) of the model in `model_dir` on the questions of `examples_dir`."""
+    import datasets
+
+    from uqa.predict import Predictor
+
+    examples = datasets.load_from_disk(str(examples_dir)).to_pandas()
+    references = references_by_id(examples)
+    first = examples.drop_duplicates("id")
+    predictor = Predictor(model_dir, n_best=params.evaluate.n_best,
+                          max_answer_length=params.evaluate.max_answer_length, no_answer_threshold=None,
+                          batch_size=params.train.eval_batch_size)
+    answers = predictor(first["question"].tolist(), first["context"].tolist(), ids=first["id"].tolist(),
+                        where=str(examples_dir))
+    frame = pd.DataFrame({"id": first["id"].tolist(), "span_text": [a.answer for a in answers]})
+    margins = {q: a.margin for q, a in zip(frame["id"], answers, strict=True)} if squad2 else None
+    _, metrics = score_predictions(frame, references, margins, params.evaluate.no_answer_threshold,
+                                   params.evaluate.tune_fraction)
+    log.info("register: %s re-scored on %s: F1 %.2f (%d questions)", model_dir, examples_dir, metrics["f1"],
+             metrics["n_questions"])
+    return float(metrics["f1"])
