@@ -20,6 +20,10 @@ from uqa.runtime import apply_runtime_defaults  # noqa: E402
 
 apply_runtime_defaults()  # before Prefect is imported: quiet, no telemetry, patient first start
 
+from uqa.redact import RedactUrlCredentials, install_log_redaction, strip_url_credentials  # noqa: E402
+
+install_log_redaction()  # Prefect's run loggers: what the UI and the terminal show
+
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_markdown_artifact,
@@ -28,7 +32,7 @@ from prefect.artifacts import (  # noqa: E402
 )
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
+from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 
 from tasks.train import TerminalProgress, describe_progress, progress_reporter  # noqa: E402
@@ -50,6 +54,7 @@ from uqa.params import (  # noqa: E402
     overrides_model,
     params_from_dict,
     read_raw,
+    refuse_unsafe_overrides,
 )
 
 ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
@@ -76,6 +81,7 @@ class _RunLogBridge(logging.Handler):
     def __init__(self, flow_logger, level: int = logging.INFO):
         super().__init__(level)
         self.flow_logger = flow_logger
+        self.addFilter(RedactUrlCredentials())  # no user:token@ of a URL reaches the run log
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -348,6 +354,8 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
     root = Path(project_dir).resolve()
     try:
         nested = overrides_dict(overrides)
+        if nested and deployment.id:  # from the API (run form, deployment run): no code choices
+            refuse_unsafe_overrides(nested, f"deployment run {flow_run.get_name()}")
         if nested:
             return _run_experiment(root, nested, push, pin_source)
         with locked_workspace(root, wait_s=wait_for_lock_minutes * 60, command="uqa-pipeline flow run",
@@ -405,7 +413,8 @@ def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_sourc
         logger.info("dvc exp push %s %s: the experiment's commit is on the git remote, its outputs on the "
                     "default DVC remote", EXPERIMENT_GIT_REMOTE, name)
         _remove_trial_clone(root)
-    create_markdown_artifact(experiment_markdown(name, overrides, result["metrics"]), key="uqa-experiment",
+    create_markdown_artifact(strip_url_credentials(experiment_markdown(name, overrides, result["metrics"])),
+                             key="uqa-experiment",
                              description="This run as a DVC experiment")
     logger.info("saved as DVC experiment %r: `dvc exp show` lists it, `dvc exp apply %s` brings it into the "
                 "workspace", name, name)

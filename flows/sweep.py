@@ -27,7 +27,7 @@ apply_runtime_defaults()
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
+from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
 from flows.pipeline import STAGE_TASKS, TRIAL_CLONE_ENV, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
@@ -44,7 +44,14 @@ from uqa.experiment import (  # noqa: E402
     snapshot_commit,
     unpublish,
 )
-from uqa.params import deep_merge, load_params, overrides_to_nested, params_from_dict  # noqa: E402
+from uqa.params import (  # noqa: E402
+    deep_merge,
+    load_params,
+    overrides_to_nested,
+    params_from_dict,
+    refuse_unsafe_overrides,
+)
+from uqa.redact import strip_url_credentials  # noqa: E402
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -192,6 +199,8 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
     try:
         if bool(grid) == bool(ranges and samples > 0):
             raise UserError("give either a grid, or ranges with samples > 0")
+        if deployment.id:  # the grid came through the API: it may not choose code to run
+            refuse_unsafe_overrides({**(grid or {}), **(ranges or {})}, f"deployment run {flow_run.get_name()}")
         base = load_params(root / "params.yaml")
         search = RandomSearch(ranges or {}, seed) if ranges else None
         planned = grid_trials(grid) if grid else [search.ask(i) for i in range(samples)]
@@ -221,7 +230,7 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
             if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
                 with contextlib.suppress(UserError):
                     unpublish(root, remote.git_remote, remote.ref)
-        create_markdown_artifact(sweep_markdown(trials, winner, registration), key="uqa-sweep",
+        create_markdown_artifact(strip_url_credentials(sweep_markdown(trials, winner, registration)), key="uqa-sweep",
                                  description="Every trial of this sweep and the winner")
         if winner:
             logger.info("winner: trial %d (%s), F1 %.2f", winner["number"], winner["overrides"], winner["f1"])
@@ -254,8 +263,7 @@ def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_
         job_variables = None
         if remote is not None:  # a clone of its own at the sweep's commit; results pushed back
             parameters.update(project_dir=".", push=True)
-            job_variables = {"env": {**remote.env, "UQA_TRIAL_REPOSITORY": remote.url, "UQA_TRIAL_COMMIT": remote.commit,
-                                     TRIAL_CLONE_ENV: f"uqa-trial-{sweep_id[:8]}-{t['number']}"}}
+            job_variables = trial_job_variables(remote, sweep_id, t["number"])
         child = run_deployment(
             trial_deployment, parameters=parameters, job_variables=job_variables,
             idempotency_key=f"uqa-sweep-{sweep_id}-trial-{t['number']}", timeout=0, as_subflow=True)
@@ -270,6 +278,12 @@ def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_
                 waiting.discard(n)
                 _record(root, trials[n], run_ids[n], search, remote)
     return trials
+
+
+def trial_job_variables(remote: RemoteTrials, sweep_id: str, number: int) -> dict[str, Any]:
+    """The job variables of a trial on another machine: where to clone from (never with credentials in the URL)."""
+    return {"env": {**remote.env, "UQA_TRIAL_REPOSITORY": strip_url_credentials(remote.url),
+                    "UQA_TRIAL_COMMIT": remote.commit, TRIAL_CLONE_ENV: f"uqa-trial-{sweep_id[:8]}-{number}"}}
 
 
 def _pins_source(overrides: dict[str, Any]) -> bool:

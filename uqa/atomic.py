@@ -1,7 +1,9 @@
 """Atomic writes: a killed run never leaves an output that a later run mistakes for complete.
 
 Every output is written next to its final path under a temporary name and renamed into place
-in one step (rename is atomic on POSIX within a filesystem). A writer killed with SIGKILL leaves
+in one step (rename is atomic on POSIX within a filesystem). The data (a file, or every file and
+directory of a tree) is fsynced before the rename and the parent directory after it, so after a
+power cut the output is the old one or the new one, complete. A writer killed with SIGKILL leaves
 its temporary sibling behind; the next write of the same output removes it (one run at a time
 holds a workspace: uqa/dvc_ops.py). A full disk is one clear error, and the previous output stays."""
 
@@ -48,6 +50,40 @@ def _disk_full_is_clear(final: Path) -> Iterator[None]:
                        f"{previous}): free some space and run again") from None
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (a rename alone can survive a power cut pointing at no data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a new name, a rename) to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform where directories cannot be opened: nothing more can be done
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file and directory under `root` (and `root`), before `root` is renamed into place."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                fsync_file(path)
+        fsync_dir(Path(dirpath))
+
+
 def _tmp_sibling(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
@@ -62,8 +98,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield tmp
+            fsync_tree(tmp)
         failpoint("write.before_rename", at=final.name)
         replace_dir(tmp, final)
+        fsync_dir(final.parent)
         failpoint("write.after_rename", at=final.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,6 +137,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.chmod(tmp, 0o644)
         failpoint("write.before_rename", at=final.name)
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         failpoint("write.after_rename", at=final.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -125,9 +164,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield Path(tmp)
+            fsync_file(Path(tmp))
         os.chmod(tmp, 0o644)
         failpoint("write.before_rename", at=final.name)
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         failpoint("write.after_rename", at=final.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

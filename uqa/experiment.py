@@ -26,6 +26,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError
+from uqa.redact import strip_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,16 @@ def experiment_name(text: str) -> str:
 def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise UserError(f"git {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()}")
+        raise UserError(strip_url_credentials(
+            f"git {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()}"))
     return r.stdout
 
 
 def _dvc(cwd: Path, *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise UserError(f"dvc {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()[-1500:]}")
+        raise UserError(strip_url_credentials(
+            f"dvc {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()[-1500:]}"))
     return r.stdout
 
 
@@ -133,7 +136,10 @@ def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
     try:
         changed = [("M", p) for p in _git(root, "diff", "--name-only", "-z", "HEAD^", "HEAD").split("\0") if p] \
             if snapshot else []
-        for _, path in changed + _workspace_changes(root):
+        # tracked changes and untracked DVC records only: an untracked .env is not copied, so never
+        # saved into the experiment's commit, which `dvc exp push` sends to the git remote
+        carried = [(st, path) for st, path in _workspace_changes(root) if st != "??" or is_dvc_record(path)]
+        for _, path in changed + carried:
             src, dst = root / path, worktree / path
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -225,30 +231,46 @@ def is_snapshot(root: Path, rev: str) -> bool:
     return SNAPSHOT_TRAILER in _git(root, "log", "-1", "--format=%B", rev)
 
 
+DVC_RECORD_NAMES = {"dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore"}
+
+
+def is_dvc_record(path: str) -> bool:
+    """A file DVC tracks the pipeline with (dvc.yaml, dvc.lock, params, .dvc files, DVC's .gitignore entries):
+    what a snapshot carries besides git's tracked files."""
+    name = Path(path).name
+    return name in DVC_RECORD_NAMES or name.endswith(".dvc") or Path(path).as_posix() == ".dvc/config"
+
+
 def snapshot_commit(root: Path, message: str) -> str:
-    """A commit of the project's workspace as it is (HEAD plus every tracked change and untracked,
-    not ignored file: e.g. the dvc.lock the data stages just wrote), made with a temporary index so
-    the user's branch, index and files are untouched; HEAD itself when nothing changed."""
+    """A commit of the project's workspace as the pipeline sees it: HEAD plus every change to a tracked
+    file and the untracked DVC records (e.g. the dvc.lock the data stages just wrote), made with a
+    temporary index so the user's branch, index and files are untouched; HEAD itself when nothing
+    changed. Any other untracked file (an .env, notes, keys) stays out: the commit goes to a git remote."""
     import tempfile
 
     root = Path(root).resolve()
-    if not _git(root, "status", "--porcelain", "--untracked-files=all").strip():
-        return _git(root, "rev-parse", "HEAD").strip()
+    untracked = [path for status, path in _workspace_changes(root) if status == "??" and is_dvc_record(path)]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))  # the user's index is untouched
         _git(root, "read-tree", "HEAD", env=env)
-        _git(root, "add", "-A", env=env)
+        _git(root, "add", "-u", env=env)  # tracked files: changed and deleted
+        for i in range(0, len(untracked), 100):
+            _git(root, "add", "--", *untracked[i:i + 100], env=env)
         tree = _git(root, "write-tree", env=env).strip()
+        if tree == _git(root, "rev-parse", "HEAD^{tree}").strip():
+            return _git(root, "rev-parse", "HEAD").strip()
         return _git(root, "commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}",
                     env=env).strip()
 
 
 def remote_url(root: Path, git_remote: str) -> str:
+    """The remote's URL without credentials (it is logged and handed to trials as a job variable): a
+    trial's machine authenticates with its own (git credential helper, SSH key)."""
     r = subprocess.run(["git", "remote", "get-url", git_remote], cwd=root, capture_output=True, text=True)
     if r.returncode != 0:
         raise UserError(f"{root} has no git remote {git_remote!r} (git remote add {git_remote} URL): trials on "
                         "other machines clone the project from it and push their experiments back to it")
-    return r.stdout.strip()
+    return strip_url_credentials(r.stdout.strip())
 
 
 def publish_commit(root: Path, git_remote: str, sha: str, ref: str) -> None:

@@ -496,6 +496,13 @@ def deep_merge(base: Any, update: dict[str, Any]) -> Any:
     return out
 
 
+def params_with_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | None) -> Params:
+    """params.yaml with `overrides` laid over it, validated (the file is not written)."""
+    path = Path(path)
+    merged = deep_merge(_plain(read_raw(path)), overrides_to_nested(overrides))
+    return params_from_dict(merged, f"{path} (with overrides)")
+
+
 def apply_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | None) -> tuple[Params, bool]:
     """Validate params.yaml with overrides applied; write it back (comments kept) if it changed.
 
@@ -547,6 +554,27 @@ def overrides_model() -> type[BaseModel]:
     with warnings.catch_warnings():  # a field named `register` shadows ABCMeta.register: harmless here
         warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
         return create_model("ParamsOverrides", __config__=ConfigDict(extra="forbid"), **sections)
+
+
+# what a run started through the API (a deployment run: the UI's run form, `prefect deployment run`, an
+# automation) may not override: each one lets its sender run code on the worker. params.yaml and a
+# local `uqa run -S` (someone already at the machine) still can.
+NOT_FROM_A_DEPLOYMENT_RUN = ("model.trust_remote_code", "train.launcher.extra_args", "train.launcher.config_file")
+
+
+def refuse_unsafe_overrides(overrides: dict[str, Any] | list[str] | None, where: str = "this deployment run") -> None:
+    """UserError when `overrides` (nested or dotted) set a key in NOT_FROM_A_DEPLOYMENT_RUN."""
+    nested = overrides_to_nested(overrides)
+    found = []
+    for dotted in NOT_FROM_A_DEPLOYMENT_RUN:
+        node: Any = nested
+        for part in dotted.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            found.append(dotted)
+    if found:
+        raise UserError(f"{where}: overrides may not set {', '.join(found)} (it would let whoever can start a run "
+                        "choose code to run on the worker); set it in params.yaml, or run `uqa run -S` on the machine")
 
 
 def overrides_dict(overrides: Any) -> dict[str, Any]:

@@ -20,8 +20,11 @@ def _pipeline_flow():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from uqa.params import overrides_to_nested
+    from uqa.params import PARAMS_FILE, overrides_to_nested, params_with_overrides
     from uqa.server import prefect_api
+
+    if args.set:  # a wrong -S (e.g. register.name=../../x) is one clear error before any server or stage starts
+        params_with_overrides(Path(args.project) / PARAMS_FILE, args.set)
 
     with prefect_api(meanwhile=_pipeline_flow) as uqa_pipeline:
         state = uqa_pipeline(project_dir=args.project, overrides=overrides_to_nested(args.set) or None,
