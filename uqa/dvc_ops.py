@@ -18,6 +18,7 @@ from typing import Any
 
 from uqa.atomic import atomic_write_json
 from uqa.errors import UserError
+from uqa.statefiles import guarded_commit, recover_lockfile
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def locked_workspace(root: Path, wait_s: float = 0.0, command: str = "uqa run",
             })
             _HELD[root] = repo
             try:
+                recover_lockfile(root)  # under the lock: a killed commit's dvc.lock restored, or one clear error
                 yield
             finally:
                 _HELD.pop(root, None)
@@ -139,6 +141,7 @@ def dvc_repo(root: Path) -> Iterator[Any]:
     from dvc.repo import Repo
 
     root = Path(root).resolve()
+    recover_lockfile(root)  # a commit killed last time: its dvc.lock copy back, or one clear error
     with working_dir(root):  # DVC resolves stage names against the cwd
         held = _HELD.get(root)
         if held is not None:
@@ -157,7 +160,7 @@ def dvc_status(root: Path, stage: str) -> dict[str, Any]:
 
 def dvc_commit(root: Path, stage: str) -> None:
     """Record the stage's deps, params and outs in dvc.lock (and its outs in the DVC cache)."""
-    with dvc_repo(root) as repo:
+    with dvc_repo(root) as repo, guarded_commit(Path(root).resolve()):  # DVC rewrites dvc.lock in place
         repo.commit(stage, force=True)
 
 
