@@ -25,7 +25,7 @@ from typing import Any
 from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, TransientError, UserError
-from uqa.gate import decide
+from uqa.gate import decide, regate_pending, verify_pending_version
 from uqa.params import Params
 from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
@@ -299,53 +299,11 @@ def finish_pending_tags(registry: Registry, index: dict[str, Any], min_f1: float
     for entry in pending:
         log.warning("register: %s %s was recorded but a run stopped before tagging it; verifying and tagging it now",
                     registry.name, entry["version"])
-        _verify_version_dir(registry, entry)
+        verify_pending_version(registry, entry)
         if PROD in entry.get("stages", []):
-            _regate_pending(registry, index, entry, min_f1)
+            regate_pending(registry, index, entry, min_f1)
         _tag(registry, entry)
     atomic_write_json(registry.index_path, index)
-
-
-def _verify_version_dir(registry: Registry, entry: dict[str, Any]) -> None:
-    version = entry["version"]
-    vdir = registry.version_dir(version)
-    repair = (f"restore the registry (`dvc pull registry`), or remove {version}'s record from {registry.index_path} "
-              f"and its directory, and run again")
-    missing = [n for n in ("config.json", "README.md", "registration.json") if not (vdir / n).is_file()]
-    if not any(vdir.glob("*.safetensors")):
-        missing.append("*.safetensors weights")
-    if missing:
-        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but {vdir} has "
-                                   f"no {', '.join(missing)}: {repair}")
-    if weights_sha256(vdir) != entry.get("weights_sha256"):
-        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but the weights in "
-                                   f"{vdir} are not the ones its record names (weights_sha256): {repair}")
-
-
-def _regate_pending(registry: Registry, index: dict[str, Any], entry: dict[str, Any], min_f1: float) -> None:
-    """A pending promotion stands only if prod is still what it was decided against (and min_f1 holds);
-    else it is decided again, like with like only (no data to re-score prod here), or withdrawn."""
-    found = registry.stage_assignment(PROD)
-    prod = found[0] if found else None
-    gate = entry.get("gate") or {}
-    f1 = entry["metrics"].get("f1")
-    if "prod" in gate and gate["prod"] == prod and isinstance(f1, (int, float)) and f1 >= min_f1:
-        return
-    prod_record = registry.record(prod) if prod else None
-    if prod and prod_record is None:
-        raise RegistryInconsistent(f"{registry.name} {prod} is in prod but {registry.index_path} has no record of it: "
-                                   "restore the index (`dvc pull registry`) and run again")
-    promote, reason = decide(float(f1) if isinstance(f1, (int, float)) else float("nan"), min_f1, prod, prod_record,
-                             entry["metrics"])
-    if promote:
-        entry["reason"] = f"{reason} (decided again when its tags were completed)"
-        entry["gate"] = {"prod": prod, "min_f1": min_f1}
-        return
-    log.warning("register: %s %s's promotion withdrawn: %s", registry.name, entry["version"], reason)
-    entry.update(promoted=False, stages=[], reason=f"promotion withdrawn when its tags were completed: {reason}")
-    for other in index["versions"]:  # the index says what GTO says: prod stays where it is
-        if other["version"] == prod and PROD not in other.get("stages", []):
-            other["stages"] = [*other.get("stages", []), PROD]
 
 
 def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR,

@@ -93,7 +93,8 @@ def test_snapshot_never_carries_an_untracked_file(tmp_path):
 
     run_ok(["git", "init", "-q"], tmp_path)
     (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  source:\n    cmd: x\n    outs:\n      - data/source.json:\n"
+                                       "          cache: false\n      - reports\n")
     (tmp_path / "gone.txt").write_text("x")
     run_ok(["git", "add", "-A"], tmp_path)
     run_ok(["git", "commit", "-q", "-m", "init"], tmp_path)
@@ -102,13 +103,17 @@ def test_snapshot_never_carries_an_untracked_file(tmp_path):
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # DVC's record, not yet committed
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "raw.dvc").write_text("outs: []\n")
+    (tmp_path / "data" / "source.json").write_text("{}\n")  # a `cache: false` output: git carries it
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "source.json").write_text("{}\n")
     (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")  # a secret the user never added
     (tmp_path / "notes.txt").write_text("private notes\n")
     staged_before = run_ok(["git", "ls-files", "--stage"], tmp_path).stdout
 
     commit = snapshot_commit(tmp_path, "snapshot")
     files = run_ok(["git", "ls-tree", "-r", "--name-only", commit], tmp_path).stdout.split()
-    assert sorted(files) == ["data/raw.dvc", "dvc.lock", "dvc.yaml", "params.yaml"]
+    assert sorted(files) == ["data/raw.dvc", "data/source.json", "dvc.lock", "dvc.yaml", "params.yaml",
+                             "reports/source.json"]
     assert run_ok(["git", "show", f"{commit}:params.yaml"], tmp_path).stdout == "train:\n  epochs: 2\n"
     objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=tmp_path,
                              capture_output=True, check=True).stdout

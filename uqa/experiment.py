@@ -138,7 +138,8 @@ def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
             if snapshot else []
         # tracked changes and untracked DVC records only: an untracked .env is not copied, so never
         # saved into the experiment's commit, which `dvc exp push` sends to the git remote
-        carried = [(st, path) for st, path in _workspace_changes(root) if st != "??" or is_dvc_record(path)]
+        tracked = dvc_tracked(root)
+        carried = [(st, path) for st, path in _workspace_changes(root) if st != "??" or tracked(path)]
         for _, path in changed + carried:
             src, dst = root / path, worktree / path
             if src.is_file():
@@ -234,22 +235,45 @@ def is_snapshot(root: Path, rev: str) -> bool:
 DVC_RECORD_NAMES = {"dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore"}
 
 
-def is_dvc_record(path: str) -> bool:
-    """A file DVC tracks the pipeline with (dvc.yaml, dvc.lock, params, .dvc files, DVC's .gitignore entries):
-    what a snapshot carries besides git's tracked files."""
-    name = Path(path).name
-    return name in DVC_RECORD_NAMES or name.endswith(".dvc") or Path(path).as_posix() == ".dvc/config"
+def dvc_tracked(root: Path):
+    """A test for paths (relative to `root`) that DVC tracks: its records (dvc.yaml, dvc.lock, params,
+    .dvc files, the .gitignore entries it writes) and the outputs dvc.yaml declares (e.g. the
+    `cache: false` ones such as data/source.json, which git, not the DVC cache, carries). What a
+    snapshot or an experiment's worktree carries besides git's tracked files; nothing else untracked."""
+    import yaml
+
+    outs: set[str] = set()
+    try:
+        stages = (yaml.safe_load((Path(root) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        stages = {}
+    for spec in stages.values() if isinstance(stages, dict) else []:
+        for key in ("outs", "metrics", "plots"):
+            for entry in (spec or {}).get(key) or [] if isinstance(spec, dict) else []:
+                name = next(iter(entry)) if isinstance(entry, dict) else entry
+                if isinstance(name, str):
+                    outs.add(Path(name).as_posix().rstrip("/"))
+
+    def tracked(path: str) -> bool:
+        posix = Path(path).as_posix()
+        name = Path(path).name
+        if name in DVC_RECORD_NAMES or name.endswith(".dvc") or posix == ".dvc/config":
+            return True
+        return any(posix == out or posix.startswith(out + "/") for out in outs)
+
+    return tracked
 
 
 def snapshot_commit(root: Path, message: str) -> str:
     """A commit of the project's workspace as the pipeline sees it: HEAD plus every change to a tracked
-    file and the untracked DVC records (e.g. the dvc.lock the data stages just wrote), made with a
+    file and the untracked files DVC tracks (`dvc_tracked`: e.g. the dvc.lock the data stages just wrote), made with a
     temporary index so the user's branch, index and files are untouched; HEAD itself when nothing
     changed. Any other untracked file (an .env, notes, keys) stays out: the commit goes to a git remote."""
     import tempfile
 
     root = Path(root).resolve()
-    untracked = [path for status, path in _workspace_changes(root) if status == "??" and is_dvc_record(path)]
+    tracked = dvc_tracked(root)
+    untracked = [path for status, path in _workspace_changes(root) if status == "??" and tracked(path)]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))  # the user's index is untouched
         _git(root, "read-tree", "HEAD", env=env)

@@ -13,9 +13,14 @@ comparison that cannot be made like with like stops registration.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
+
+from uqa.registry import PROD, RegistryInconsistent
+
+log = logging.getLogger(__name__)
 
 EVAL_SET_COLUMNS = ("id", "question", "context", "answer", "answer_start", "is_impossible")
 
@@ -84,3 +89,51 @@ def decide(f1: float, min_f1: float, prod: str | None, prod_record: dict[str, An
     if f1 < prod_f1:
         return False, f"F1 {f1:.2f} < prod {prod} F1 {prod_f1:.2f}{how}"
     return True, f"F1 {f1:.2f} >= min_f1 {min_f1:.2f} and >= prod {prod} F1 {prod_f1:.2f}{how}"
+
+
+# -- a version a killed run recorded with its GTO tags pending ------------------------------------------
+
+
+def verify_pending_version(registry: Any, entry: dict[str, Any]) -> None:
+    """The version directory a pending record names holds its files and the very weights it names."""
+    from uqa.predict import weights_sha256
+
+    version = entry["version"]
+    vdir = registry.version_dir(version)
+    repair = (f"restore the registry (`dvc pull registry`), or remove {version}'s record from {registry.index_path} "
+              f"and its directory, and run again")
+    missing = [n for n in ("config.json", "README.md", "registration.json") if not (vdir / n).is_file()]
+    if not any(vdir.glob("*.safetensors")):
+        missing.append("*.safetensors weights")
+    if missing:
+        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but {vdir} has "
+                                   f"no {', '.join(missing)}: {repair}")
+    if weights_sha256(vdir) != entry.get("weights_sha256"):
+        raise RegistryInconsistent(f"{registry.index_path} records {version} with GTO tags pending, but the weights in "
+                                   f"{vdir} are not the ones its record names (weights_sha256): {repair}")
+
+
+def regate_pending(registry: Any, index: dict[str, Any], entry: dict[str, Any], min_f1: float) -> None:
+    """A pending promotion stands only if prod is still what it was decided against (and min_f1 holds);
+    else it is decided again, like with like only (no data to re-score prod here), or withdrawn."""
+    found = registry.stage_assignment(PROD)
+    prod = found[0] if found else None
+    gate = entry.get("gate") or {}
+    f1 = entry["metrics"].get("f1")
+    if "prod" in gate and gate["prod"] == prod and isinstance(f1, (int, float)) and f1 >= min_f1:
+        return
+    prod_record = registry.record(prod) if prod else None
+    if prod and prod_record is None:
+        raise RegistryInconsistent(f"{registry.name} {prod} is in prod but {registry.index_path} has no record of it: "
+                                   "restore the index (`dvc pull registry`) and run again")
+    promote, reason = decide(float(f1) if isinstance(f1, (int, float)) else float("nan"), min_f1, prod, prod_record,
+                             entry["metrics"])
+    if promote:
+        entry["reason"] = f"{reason} (decided again when its tags were completed)"
+        entry["gate"] = {"prod": prod, "min_f1": min_f1}
+        return
+    log.warning("register: %s %s's promotion withdrawn: %s", registry.name, entry["version"], reason)
+    entry.update(promoted=False, stages=[], reason=f"promotion withdrawn when its tags were completed: {reason}")
+    for other in index["versions"]:  # the index says what GTO says: prod stays where it is
+        if other["version"] == prod and PROD not in other.get("stages", []):
+            other["stages"] = [*other.get("stages", []), PROD]
