@@ -86,3 +86,38 @@ def test_unreadable_lock_without_a_copy_is_one_clear_error(project, content):
     from uqa.errors import UserError
 
     assert issubclass(LockfileUnreadable, UserError)  # the CLI and the flow print it as one line, no traceback
+
+
+@pytest.mark.slow
+def test_uqa_run_after_a_kill_inside_dvc_commit(tmp_path):
+    """End to end, as a user meets it: `uqa run` is killed -9 inside DVC's rewrite of dvc.lock (the
+    always-running `source` stage's commit), leaving it empty; the next `uqa run` says in one line what
+    it restored and succeeds, every stage up to date."""
+    import os
+
+    from conftest import demo_tiny_params, make_project
+
+    project = make_project(tmp_path / "project", demo_tiny_params(max_steps=5))
+
+    def uqa_run(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "uqa_cli", "run", "--project", str(project)], cwd=project,
+                              capture_output=True, text=True, timeout=900, env=dict(os.environ, **env))
+
+    first = uqa_run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    good = (project / "dvc.lock").read_bytes()
+
+    killed = uqa_run(UQA_FAILPOINT="dvc.lock.write@dvc.lock")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert (project / "dvc.lock").read_bytes() == b""
+
+    after = uqa_run()
+    out = after.stdout + after.stderr
+    assert after.returncode == 0, out[-5000:]
+    restored = [line for line in out.splitlines() if "from the copy kept before the last dvc commit" in line]
+    assert len(restored) == 1, out[-5000:]
+    assert f"restored {project / 'dvc.lock'}" in restored[0]
+    assert "Traceback" not in out
+    assert "source Completed" in after.stdout and "train Cached" in after.stdout and "register Cached" in after.stdout
+    assert lockfile_problem((project / "dvc.lock").read_bytes()) is None
+    assert (project / "dvc.lock").read_bytes() == good  # the source stage's commit, made again, is the same
