@@ -253,3 +253,14 @@ def test_atomic_writes_fsync_the_data_and_the_directory(tmp_path, monkeypatch):
     assert synced[-1] == str(tmp_path / "out")
     assert (tmp_path / "out" / "model" / "sub" / "w.bin").read_bytes() == b"w"
 
+
+
+def test_the_run_form_says_which_overrides_a_deployment_run_may_not_set():
+    from uqa.params import overrides_model
+
+    defs = overrides_model().model_json_schema()["$defs"]
+    described = {f"{section}.{key}": spec.get("description", "") for section, model in defs.items()
+                 for key, spec in model.get("properties", {}).items()}
+    refused = {k for k, d in described.items() if "refused in a deployment run" in d}
+    assert refused == {"ModelParamsOverrides.trust_remote_code", "TrainParamsOverridesLauncher.extra_args",
+                       "TrainParamsOverridesLauncher.config_file"}

@@ -525,18 +525,21 @@ def apply_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | No
 # ---- overrides, typed: the Prefect flow's `overrides` parameter -------------------------------------
 
 
-def _partial_model(cls: type, name: str) -> type[BaseModel]:
+def _partial_model(cls: type, name: str, path: str = "") -> type[BaseModel]:
     """A pydantic model of `cls` with every field optional and unset by default (a sparse override),
     keeping each field's type, bounds and description, and naming the default in the description."""
     fields: dict[str, Any] = {}
     for fname, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
         default = info.get_default(call_default_factory=True)
         if dataclasses.is_dataclass(default):
-            annotation: Any = _partial_model(type(default), f"{name}{fname.title().replace('_', '')}")
+            annotation: Any = _partial_model(type(default), f"{name}{fname.title().replace('_', '')}",
+                                             f"{path}{fname}.")
             described = info.description or fname
         else:
             annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             described = f"{info.description or fname} (default {default!r})"
+            if f"{path}{fname}" in NOT_FROM_A_DEPLOYMENT_RUN:
+                described += "; refused in a deployment run (set it in params.yaml)"
         fields[fname] = (annotation | None, Field(default=None, description=described))
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -547,7 +550,7 @@ def overrides_model() -> type[BaseModel]:
     types its `overrides` parameter with it, so the Prefect UI's run form shows each section's fields,
     types, bounds and defaults, and rejects what the schema would reject."""
     sections = {
-        name: (_partial_model(cls, f"{cls.__name__}Overrides") | None, Field(default=None, description=(
+        name: (_partial_model(cls, f"{cls.__name__}Overrides", f"{name}.") | None, Field(default=None, description=(
             cls.__doc__ or name).strip().splitlines()[0]))
         for name, cls in section_models().items()
     }
