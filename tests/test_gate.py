@@ -35,7 +35,7 @@ def test_prod_tag_deleted_stops_registration_naming_the_repair(registered):
     _metrics(registered, 29.74)
     _refused(registered, rf"^{_index(registered)} records uqa-qa v0\.0\.1 in prod but git has no 'uqa-qa#prod#N' tag "
                          r"for it \(deleted, or not fetched\): fetch the tags \(`git fetch --tags`\), or restore the "
-                         r"assignment \(`gto assign uqa-qa v0\.0\.1 --stage prod`\)")
+                         r"assignment \(`gto assign uqa-qa --version v0\.0\.1 --stage prod`\)")
 
 
 def test_tags_and_index_name_different_prods(registered):

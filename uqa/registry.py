@@ -247,7 +247,8 @@ class Registry:
             raise RegistryInconsistent(
                 f"{where} records {', '.join(untagged)} of {self.name} but git has no tag "
                 f"'{self.name}@{untagged[0]}': fetch the tags (`git fetch --tags`), or recreate it "
-                f"(`gto register {self.name} --version {untagged[0]}`), then rerun")
+                f"(`gto register {self.name} COMMIT --version {untagged[0]}`, COMMIT being the commit 'register "
+                f"{self.name} {untagged[0]}' on the uqa-registry branch), then rerun")
         unrecorded = sorted(tagged - set(recorded))
         if unrecorded:
             raise RegistryInconsistent(
@@ -263,13 +264,14 @@ class Registry:
             raise RegistryInconsistent(
                 f"{where} records {self.name} {v} in {stage} but git has no '{self.name}#{stage}#N' tag for it "
                 f"(deleted, or not fetched): fetch the tags (`git fetch --tags`), or restore the assignment "
-                f"(`gto assign {self.name} {v} --stage {stage}`), or, if {v} left {stage} on purpose, remove "
+                f"(`gto assign {self.name} --version {v} --stage {stage}`), or, if {v} left {stage} on purpose, remove "
                 f"'{stage}' from its stages in {where}; then rerun")
         said = ", ".join(in_index) if in_index else "no version"
         raise RegistryInconsistent(
             f"git's tags put {self.name} {in_git} in {stage} (tag '{found[1]}') but {where} records {said} there: "
             f"fetch the tags (`git fetch --tags --force`) and restore the index (`dvc pull registry`), or make "
-            f"them agree (`gto assign {self.name} VERSION --stage {stage}`, or the stages in {where}); then rerun")
+            f"them agree (`gto assign {self.name} --version VERSION --stage {stage}`, or the stages in {where}); "
+            "then rerun")
 
     def record(self, version: str) -> dict[str, Any] | None:
         for entry in self.versions():
