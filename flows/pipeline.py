@@ -22,6 +22,7 @@ apply_runtime_defaults()  # before Prefect is imported: quiet, no telemetry, pat
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
@@ -316,11 +317,29 @@ def _metrics_artifact(root: Path) -> None:
 
 
 def _register_artifact(root: Path) -> None:
+    from uqa.alerts import emit_registered
+
     r = read_json(root / layout.report("register"))
+    publish_registration(root, r)
+    emit_registered(r)
+
+
+def publish_registration(root: Path, r: dict[str, Any]) -> None:
+    """The registration in the UI: a link artifact to the version's directory and a summary with its lineage."""
     card = Path(r.get("model_card") or "")
+    version_dir = (root / r["path"]).resolve() if r.get("path") else None
+    if version_dir is not None:
+        create_link_artifact(version_dir.as_uri(), link_text=f"{r.get('name')}@{r.get('version')}",
+                             key="uqa-registered-version", description="The registered version's files")
+    lineage = (read_json(version_dir / "registration.json") if version_dir else {}).get("lineage") or {}
+    code, run = lineage.get("code") or {}, lineage.get("run") or {}
     lines = [
         "# Registered model", "",
-        f"- model: **{r.get('name')} {r.get('version')}**",
+        f"- model: **[{r.get('name')}@{r.get('version')}]({version_dir.as_uri() if version_dir else ''})**"
+        f" (`uqa registry show {r.get('name')}@{r.get('version')}`)",
+        f"- code: commit `{code.get('commit')}`" + (" + uncommitted changes" if code.get("dirty") else ""),
+        f"- made by: flow run `{run.get('flow_run_name')}`" + (
+            f", DVC experiment `{run['experiment'].get('name')}`" if run.get("experiment") else ""),
         f"- promoted to prod: **{'yes' if r.get('promoted') else 'no'}** ({r.get('reason')})",
         f"- prod version now: {r.get('prod_version')}",
         f"- path: `{(root / r['path']).resolve() if r.get('path') else '?'}`",
