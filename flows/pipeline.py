@@ -397,6 +397,10 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
         if state.is_failed():
             logger.error("stopped: %s", state.message)
             return Failed(message=state.message)
+    if register:  # retention (register.keep_last): old experiments and the DVC cache, with the workspace held
+        from uqa.retention import prune_experiments_and_cache
+
+        prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
     if push:
         _push(root)
     metrics = read_json(root / layout.METRICS_FILE)

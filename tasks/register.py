@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from uqa import layout, lineage
+from uqa import layout, lineage, retention
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
 from uqa.errors import DataError, UserError
 from uqa.hub_push import hub_done, push_and_record
@@ -137,6 +137,9 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
                   "f1_change": record["lineage"]["promotion"]["f1_change"]}
         log.info("register: %s %s %s (%s)", cfg.name, version, "promoted to prod" if promote else "not promoted",
                  reason)
+    # retention: the registered run's checkpoints, and versions beyond register.keep_last (uqa/retention.py)
+    report["checkpoint_bytes_removed"] = retention.remove_checkpoints(run_dir)
+    report["pruned"] = retention.prune_versions(registry, cfg.keep_last)
     atomic_write_json(root / REPORT, report)
     return report
 

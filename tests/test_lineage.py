@@ -143,3 +143,70 @@ def test_registry_show_of_a_version_without_lineage(git_project, capsys):
 def test_cli_show_with_nothing_in_prod(git_project, capsys):
     assert main(["registry", "show", "prod", "--project", str(git_project)]) == 2  # nothing registered yet
     assert "no version of 'uqa-qa' is in stage 'prod'" in capsys.readouterr().err
+
+
+# -- retention --------------------------------------------------------------------------------------
+
+def test_keep_last_prunes_old_versions_but_never_prod_and_keeps_their_records(git_project, capsys):
+    root = git_project
+    params = params_from_dict({"register": {"min_f1": 0.0, "keep_last": 1}})
+    for seed, f1 in ((1, 60.0), (2, 50.0), (3, 40.0)):  # v0.0.1 is prod; v0.0.2, v0.0.3 are not promoted
+        _model(root, seed)
+        _metrics(root, f1)
+        ckpt = root / "models" / "checkpoints" / "checkpoint-10"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"0" * 1000)
+        report = register(params, root)
+        assert not (root / "models" / "checkpoints").exists()  # the run finished: its checkpoints went
+        assert report["checkpoint_bytes_removed"] == 1000
+    assert report["pruned"] == ["v0.0.2"]
+    store = root / "registry" / "uqa-qa"
+    assert (store / "v0.0.1" / "config.json").exists()  # prod: kept whatever its age
+    assert (store / "v0.0.3" / "config.json").exists()  # the newest
+    assert not (store / "v0.0.2").exists()
+    index = json.loads((store / "index.json").read_text())
+    assert [bool(v.get("pruned")) for v in index["versions"]] == [False, True, False]
+    assert main(["registry", "show", "v0.0.2", "--project", str(root)]) == 0  # its lineage is still there
+    out = capsys.readouterr().out
+    assert "files: pruned" in out and "code: commit" in out
+
+
+def test_no_keep_last_keeps_every_version(git_project):
+    root = git_project
+    for seed in (1, 2, 3):
+        _model(root, seed)
+        _metrics(root, 60.0 - seed)
+        assert register(params_from_dict({}), root)["pruned"] == []
+    assert len(list((root / "registry" / "uqa-qa").glob("v*/config.json"))) == 3
+
+
+def test_keep_last_removes_old_experiments_and_collects_the_dvc_cache(tmp_path):
+    import time
+
+    from conftest import dvc
+
+    from uqa.retention import experiments_newest_first, prune_experiments_and_cache
+
+    root = tmp_path
+    run_ok(["git", "init", "-q"], root)
+    run_ok(["git", "config", "user.email", "t@localhost"], root)
+    run_ok(["git", "config", "user.name", "t"], root)
+    dvc("init", "-q", cwd=root)
+    (root / "data.txt").write_text("week 0\n")
+    dvc("add", "-q", "data.txt", cwd=root)
+    run_ok(["git", "add", "-A"], root)
+    run_ok(["git", "commit", "-q", "-m", "init"], root)
+    for week in (1, 2, 3):
+        (root / "data.txt").write_text(f"week {week}\n")
+        dvc("add", "-q", "data.txt", cwd=root)
+        dvc("exp", "save", "-q", "-f", "-n", f"week-{week}", cwd=root)
+        time.sleep(1.1)  # commit times order the experiments (one-second resolution)
+    assert experiments_newest_first(root) == ["week-3", "week-2", "week-1"]
+    objects = lambda: sorted(p.name for p in (root / ".dvc" / "cache").rglob("*") if p.is_file())  # noqa: E731
+    assert len(objects()) == 4
+    done = prune_experiments_and_cache(root, keep_last=1)
+    assert done["experiments_removed"] == ["week-2", "week-1"]
+    assert experiments_newest_first(root) == ["week-3"]
+    assert len(objects()) == 1  # week 3 (the workspace and the kept experiment); the rest collected
+    assert done["cache_bytes_after"] < done["cache_bytes_before"]
+    assert prune_experiments_and_cache(root, keep_last=None) == {}

@@ -183,6 +183,10 @@ class RegisterParams:
     min_f1: Annotated[Float, _doc("promotion gate: the F1 (0-100) a model needs", ge=0, le=100)] = 0.0
     push_to_hub: Annotated[Bool, _doc("seed's push_to_hub; needs HF_TOKEN")] = False
     hub_repo_id: Annotated[Str | None, _doc("e.g. your-name/xlm-roberta-base-uqa")] = None
+    keep_last: Annotated[Int | None, _doc(
+        "retention: keep the files of the newest N versions (and any version in a stage) and the newest N "
+        "DVC experiments; older ones are pruned (their records stay) and the DVC cache is collected. "
+        "null = keep everything", ge=1)] = None
 
 
 @dataclass(frozen=True, config=_CONFIG)
