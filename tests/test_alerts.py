@@ -186,3 +186,15 @@ def test_a_killed_run_is_crashed_and_notified(prefect_server, receiver, project_
     assert _flow_run(project)["state"] == "Crashed"
     print(f"kill -9 -> notified in {at - killed_at:.0f} s (window {dead_after} s)")
     assert main(["alerts", "--remove"]) == 0
+
+
+def test_slack_or_any_webhook_is_the_notification_block():
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
+
+    slack = alerts.notification_block(slack="https://hooks.slack.com/services/T/B/X")
+    assert isinstance(slack, SlackWebhook)
+    hook = alerts.notification_block(webhook="http://127.0.0.1:9/hook")
+    assert isinstance(hook, CustomWebhookNotificationBlock)
+    assert hook.json_data == {"subject": "{{subject}}", "body": "{{body}}", "source": "uqa-pipeline"}
+    with pytest.raises(UserError, match="one of --webhook URL or --slack URL"):
+        alerts.notification_block(webhook="http://127.0.0.1:9/hook", slack="https://hooks.slack.com/x")
