@@ -21,7 +21,7 @@ def git_project(tmp_path):
     run_ok(["git", "init", "-q"], tmp_path)
     (tmp_path / "code.py").write_text("x = 1\n")
     # as DVC's .gitignore entries for the stages' outputs do: what a run writes is not code
-    (tmp_path / ".gitignore").write_text("/models\n/metrics\n/registry\n/reports\n")
+    (tmp_path / ".gitignore").write_text("/models\n/metrics\n/registry\n/reports\n/data\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: models/final\n"
                                        "      md5: abc123.dir\n")
     run_ok(["git", "add", "-A"], tmp_path)
@@ -48,6 +48,22 @@ def test_code_state_flags_uncommitted_changes_and_hashes_them(git_project):
     (root / "new_module.py").write_text("y = 1\n")  # an untracked file is a change too
     untracked = lineage.code_state(root)
     assert untracked["dirty"] and untracked["changed_files"] == ["new_module.py"]
+
+
+def test_what_a_run_writes_is_not_a_code_change(git_project):
+    root = git_project
+    (root / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: x\n    outs:\n    - reports/predictions.parquet\n"
+                                   "    metrics:\n    - metrics/eval.json:\n        cache: false\n")
+    run_ok(["git", "add", "dvc.yaml"], root)
+    run_ok(["git", "commit", "-q", "-m", "stages"], root)
+    (root / ".gitignore").write_text("/models\n/registry\n/data\n")  # DVC adds its outputs here
+    for out in ("metrics/eval.json", "reports/predictions.parquet", "data/.gitignore"):
+        (root / out).parent.mkdir(parents=True, exist_ok=True)
+        (root / out).write_text("{}")  # a cache: false metric is not git-ignored, yet it is the run's
+    assert lineage.code_state(root)["dirty"] is False
+    with (root / "dvc.yaml").open("a") as f:  # the pipeline's definition is code
+        f.write("# a changed stage\n")
+    assert lineage.code_state(root)["changed_files"] == ["dvc.yaml"]
 
 
 def test_code_state_outside_git(tmp_path):

@@ -4,8 +4,8 @@ One dict, stored in the version's registration.json, its index record, its model
 its GTO tag annotation:
 
     code       the workspace's git commit, whether it had uncommitted changes and a hash of them
-               (dvc.lock excluded: the run itself rewrites it), the uqa-pipeline version (and its
-               source commit when it runs from a git checkout)
+               (what a run writes is excluded: dvc.lock, .gitignore, the outputs dvc.yaml declares),
+               the uqa-pipeline version (and its source commit when it runs from a git checkout)
     params     every params.yaml section as the run used it
     data       the data fingerprint (data/source.json), the DVC hashes dvc.lock records for the
                downloaded, filtered and tokenized data and the model, and a content hash of the
@@ -28,15 +28,37 @@ from typing import Any
 from uqa import layout
 
 LINEAGE_FORMAT = 1
-# outputs whose DVC hash (from dvc.lock) identifies the data and the model a version was made from
-DVC_OUTS = {
-    "download": "data/raw",
-    "filter": "data/filtered",
-    "tokenize": "data/tokenized",
-    "train": str(layout.MODEL_DIR),
-}
+# stages whose outputs' DVC hashes (from dvc.lock) identify the data and the model a version was made from
+DVC_STAGES = ("download", "filter", "tokenize", "train")
+DVC_OUT_ROOTS = ("data/", "models/")  # their data and model outputs (not reports, curves or logs)
 EVAL_SET = layout.FILTERED_DIR / "validation"  # what evaluate scores (dvc.yaml: evaluate deps)
-NOT_CODE = {"dvc.lock"}  # rewritten by every run: a changed dvc.lock is the run's doing, not the code's
+# written by every run, not code: dvc.lock, the .gitignore entries DVC adds for outputs, and the outputs
+# dvc.yaml declares (a `cache: false` output such as metrics/eval.json is not git-ignored by DVC)
+NOT_CODE = {"dvc.lock", ".gitignore"}
+
+
+def run_outputs(root: Path) -> list[str]:
+    """Every path dvc.yaml declares as a stage output, metric or plot (relative to `root`)."""
+    from ruamel.yaml import YAML
+
+    try:
+        spec = YAML(typ="safe").load((Path(root) / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return []
+    found = []
+    for stage in (spec.get("stages") or {}).values() if isinstance(spec, dict) else []:
+        for key in ("outs", "metrics", "plots"):
+            for out in (stage or {}).get(key) or [] if isinstance(stage, dict) else []:
+                name = next(iter(out)) if isinstance(out, dict) else out
+                if isinstance(name, str):
+                    found.append(name.strip("/"))
+    return found
+
+
+def _is_code(path: str, outputs: list[str]) -> bool:
+    if Path(path).name in NOT_CODE:
+        return False
+    return not any(path == out or path.startswith(out + "/") for out in outputs)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -45,7 +67,8 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def code_state(root: Path) -> dict[str, Any]:
     """The git commit of `root`, a dirty flag, and a sha256 of the uncommitted changes (tracked diff
-    against HEAD plus the untracked files' names and contents). No git repository: commit None."""
+    against HEAD plus the untracked files' names and contents), leaving out what a run writes
+    (NOT_CODE, dvc.yaml's outputs). No git repository: commit None."""
     root = Path(root)
     top = _git(root, "rev-parse", "--show-toplevel")
     if top.returncode != 0:
@@ -53,22 +76,25 @@ def code_state(root: Path) -> dict[str, Any]:
     head = _git(root, "rev-parse", "--verify", "-q", "HEAD")
     commit = head.stdout.decode().strip() or None
     branch = _git(root, "symbolic-ref", "--short", "-q", "HEAD").stdout.decode().strip() or None
+    # paths in porcelain output are relative to the repository's top level
     status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".").stdout.decode(
         "utf-8", "replace")
+    prefix = _git(root, "rev-parse", "--show-prefix").stdout.decode().strip()  # root inside the repo
+    outputs = [prefix + out for out in run_outputs(root)]
     changed, untracked = [], []
     for item in filter(None, status.split("\0")):
         code, path = item[:2], item[3:]
-        if len(item) < 4 or Path(path).name in NOT_CODE:
+        if len(item) < 4 or not _is_code(path, outputs):
             continue  # (a rename's second, NUL-separated name is a bare path: skipped, its first entry counts)
         (untracked if code == "??" else changed).append(path)
     digest = hashlib.sha256()
-    if commit:
-        exclude = [f":(exclude,glob)**/{name}" for name in sorted(NOT_CODE)]
-        digest.update(_git(root, "diff", "HEAD", "--binary", "--", ".", *exclude).stdout)
+    if changed:
+        top_dir = Path(top.stdout.decode().strip())
+        digest.update(_git(top_dir, "diff", "HEAD", "--binary", "--", *sorted(set(changed))).stdout)
     for path in sorted(untracked):
         digest.update(b"\0untracked\0" + path.encode())
         try:
-            digest.update(hashlib.sha256((root / path).read_bytes()).digest())
+            digest.update(hashlib.sha256((Path(top.stdout.decode().strip()) / path).read_bytes()).digest())
         except OSError:
             digest.update(b"unreadable")
     dirty = bool(changed or untracked) or commit is None
@@ -106,10 +132,10 @@ def dvc_hashes(run_dir: Path) -> dict[str, Any]:
         return {"error": f"{lock_file} unreadable: {type(exc).__name__}"}
     found: dict[str, Any] = {}
     stages = lock.get("stages") or {} if isinstance(lock, dict) else {}
-    for stage, out_path in DVC_OUTS.items():
+    for stage in DVC_STAGES:
         for out in (stages.get(stage) or {}).get("outs") or []:
-            if isinstance(out, dict) and out.get("path") == out_path:
-                found[out_path] = out.get("md5")
+            if isinstance(out, dict) and str(out.get("path", "")).startswith(DVC_OUT_ROOTS):
+                found[out["path"]] = out.get("md5")
     return found
 
 

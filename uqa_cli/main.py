@@ -200,7 +200,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 1
     print(f"{name} ({'GTO tags' if registry.uses_git else 'registry index'}; prod = {prod})")
     for v in versions:
-        mark = " <- prod" if v["version"] == prod else ""
+        mark = (" <- prod" if v["version"] == prod else "") + (" (files pruned)" if v.get("pruned") else "")
         m = v["metrics"]
         print(f"  {v['version']}  F1 {m.get('f1', 0):6.2f}  EM {m.get('exact_match', 0):6.2f}  "
               f"{'promoted' if v['promoted'] else 'not promoted'}: {v['reason']}{mark}")
