@@ -1,7 +1,7 @@
 """A season of weekly runs: the `weekly` deployment, a real Prefect server and process worker, the demo
 data growing each week, faults in some weeks, `uqa alerts` listening on a loopback receiver.
 
-    python benchmarks/season.py [--workdir DIR] [--epochs 3] [--dead-after 120]
+    python benchmarks/season.py [--workdir DIR] [--epochs 3] [--dead-after 270]
 
 Weeks (the train pool is the demo's first 2,100 train rows; its last 301 rows are held out as the
 "new validation set" of week 7):
@@ -16,8 +16,8 @@ Weeks (the train pool is the demo's first 2,100 train rows; its last 301 rows ar
   7 1,800 rows, new validation set  what the gate said
   8 2,100 rows                      registered
 
-Per week: final state, alert received and its delay (receiver time minus the run's end, or minus
-the kill for the crash week), prod version, disk used by the workspace (without the DVC cache), the
+Per week: final state, alert received and its delay (receiver time minus the registration for a
+registered version, minus the run's end for a failed run, minus the kill for the crash week), prod version, disk used by the workspace (without the DVC cache), the
 DVC cache and the registry, the Prefect database size, processes left behind. Writes
 benchmarks/results/season.json and prints the table for benchmarks/README.md. register.keep_last is 3.
 """
@@ -168,6 +168,17 @@ def processes_left(worker_pid: int | None, ws: Path, server_pid: int) -> list[st
     return out
 
 
+def _lineage_check(ws: Path, registration: dict) -> dict:
+    """What the week's version says about where it came from, against the workspace's git HEAD."""
+    record = json.loads((ws / registration["path"] / "registration.json").read_text())
+    lin = record.get("lineage") or {}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    run = lin.get("run") or {}
+    return {"commit_is_head": (lin.get("code") or {}).get("commit") == head,
+            "dirty": (lin.get("code") or {}).get("dirty"), "flow_run": run.get("flow_run_name"),
+            "deployment": run.get("deployment"), "dvc_outputs": len((lin.get("data") or {}).get("dvc") or {})}
+
+
 def kill_tree(pid: int) -> None:
     import psutil
 
@@ -187,7 +198,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--epochs", type=float, default=3)
-    ap.add_argument("--dead-after", type=int, default=120)
+    ap.add_argument("--dead-after", type=int, default=270)
     ap.add_argument("--week-timeout", type=float, default=1200)
     ap.add_argument("--weeks", type=int, default=len(WEEKS))
     args = ap.parse_args()
@@ -290,6 +301,9 @@ def main() -> int:
             # the alert for this week: failed/crashed -> the run's name; registered -> the version
             registration = json.loads((ws / "reports/register.json").read_text()) if (
                 ws / "reports/register.json").exists() else {}
+            registered_at = None
+            if info["state_type"] == "COMPLETED" and registration.get("registered"):
+                registered_at = (ws / "reports/register.json").stat().st_mtime  # when the event was emitted
             alert = None
             adeadline = time.time() + 150
             while alert is None and time.time() < adeadline:
@@ -310,7 +324,8 @@ def main() -> int:
             row = {
                 "week": n, "train_rows": week["rows"], "fault": week["fault"] or "", "state": state,
                 "alert": (alert[1]["subject"] if alert else "NOT RECEIVED"),
-                "alert_delay_s": round(alert[0] - (killed_at or end_ts), 1) if alert else None,
+                "alert_delay_s": round(alert[0] - (killed_at or registered_at or end_ts), 1) if alert else None,
+                "alert_delay_from": "kill" if killed_at else "registration" if registered_at else "run end",
                 "run_s": round(end_ts - started, 1),
                 "version": registration.get("version") if info["state_type"] == "COMPLETED" else None,
                 "promoted": registration.get("promoted") if info["state_type"] == "COMPLETED" else None,
@@ -322,6 +337,7 @@ def main() -> int:
                 "workspace_mb": mb(du(ws, exclude=cache)), "dvc_cache_mb": mb(du(cache)),
                 "registry_mb": mb(du(ws / "registry")), "prefect_db_mb": mb(db),
                 "processes_left": left,
+                "lineage": _lineage_check(ws, registration) if info["state_type"] == "COMPLETED" else None,
             }
             rows_out.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
