@@ -274,7 +274,8 @@ def evaluate_task(root: str) -> Any:
 def register_task(root: str) -> Any:
     result = run_stage("register", root)
     if succeeded(result):
-        _register_artifact(Path(root))
+        # a stage DVC found up to date (Cached) registered nothing now: no new registration event
+        _register_artifact(Path(root), notify=not isinstance(result, State))
     return result
 
 
@@ -316,12 +317,22 @@ def _metrics_artifact(root: Path) -> None:
         create_markdown_artifact(errors.read_text(encoding="utf-8"), key="uqa-errors", description="Error analysis")
 
 
-def _register_artifact(root: Path) -> None:
-    from uqa.alerts import emit_registered
-
+def _register_artifact(root: Path, notify: bool = True) -> None:
     r = read_json(root / layout.report("register"))
     publish_registration(root, r)
-    emit_registered(r)
+    if notify:
+        notify_registration(r)
+
+
+def notify_registration(r: dict[str, Any]) -> None:
+    """The `uqa.model.registered` event (`uqa alerts` notifies on it); a failure to send is a warning,
+    never a failed run: the version is registered either way."""
+    from uqa.alerts import emit_registered
+
+    try:
+        emit_registered(r)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("registration event not sent (%s: %s)", type(exc).__name__, exc)
 
 
 def publish_registration(root: Path, r: dict[str, Any]) -> None:
@@ -398,14 +409,24 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
             logger.error("stopped: %s", state.message)
             return Failed(message=state.message)
     if register:  # retention (register.keep_last): old experiments and the DVC cache, with the workspace held
-        from uqa.retention import prune_experiments_and_cache
-
-        prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
+        _retention(root)
     if push:
         _push(root)
     metrics = read_json(root / layout.METRICS_FILE)
     registration = read_json(root / layout.report("register")) if register else {}
     return {"metrics": metrics, "registration": registration, "stages": stages}
+
+
+def _retention(root: Path) -> None:
+    """register.keep_last for experiments and the DVC cache. The run's work is done and recorded:
+    a retention failure is reported in the run log, it does not fail the run."""
+    from uqa.retention import prune_experiments_and_cache
+
+    try:
+        prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("retention (register.keep_last) did not finish: %s: %s; the next run tries "
+                                 "again", type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
 
 
 def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_source: bool = False) -> Any:

@@ -35,11 +35,11 @@ from flows.pipeline import (  # noqa: E402
     TRIAL_CLONE_ENV,
     _bridge_logs,
     _unbridge_logs,
+    notify_registration,
     publish_registration,
     uqa_pipeline,
 )
 from tasks.chain import DATA_STAGES  # noqa: E402
-from uqa.alerts import emit_registered  # noqa: E402
 from uqa.dvc_ops import dvc_push, locked_workspace  # noqa: E402
 from uqa.errors import UserError  # noqa: E402
 from uqa.experiment import (  # noqa: E402
@@ -227,7 +227,7 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
             registration = _register_winner(root, base, winner, remote) if winner else None
             if registration:
                 publish_registration(root, registration)
-                emit_registered(registration)
+                notify_registration(registration)
         finally:
             if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
                 with contextlib.suppress(UserError):

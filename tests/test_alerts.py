@@ -150,6 +150,14 @@ def test_failed_and_registered_runs_are_notified(prefect_server, receiver, proje
     assert shown["lineage"]["run"]["flow_run_id"] == run["id"]
     assert shown["lineage"]["run"]["ui_url"].endswith(f"/runs/flow-run/{run['id']}")
 
+    # the same run again: every stage is up to date, nothing is registered, nobody is told twice
+    proc = _uqa("run", "--project", str(good))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    time.sleep(10)
+    registered = [b for _, b in receiver.received if "registered" in str(b.get("subject"))]
+    assert len(registered) == 1, registered
+
     assert main(["alerts", "--remove"]) == 0
     assert main(["alerts", "--list"]) == 1
 
