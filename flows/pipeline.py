@@ -26,6 +26,7 @@ install_log_redaction()  # Prefect's run loggers: what the UI and the terminal s
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
@@ -279,7 +280,8 @@ def evaluate_task(root: str) -> Any:
 def register_task(root: str) -> Any:
     result = run_stage("register", root)
     if succeeded(result):
-        _register_artifact(Path(root))
+        # a stage DVC found up to date (Cached) registered nothing now: no new registration event
+        _register_artifact(Path(root), notify=not isinstance(result, State))
     return result
 
 
@@ -321,12 +323,40 @@ def _metrics_artifact(root: Path) -> None:
         create_markdown_artifact(errors.read_text(encoding="utf-8"), key="uqa-errors", description="Error analysis")
 
 
-def _register_artifact(root: Path) -> None:
+def _register_artifact(root: Path, notify: bool = True) -> None:
     r = read_json(root / layout.report("register"))
+    publish_registration(root, r)
+    if notify:
+        notify_registration(r)
+
+
+def notify_registration(r: dict[str, Any]) -> None:
+    """The `uqa.model.registered` event (`uqa alerts` notifies on it); a failure to send is a warning,
+    never a failed run: the version is registered either way."""
+    from uqa.alerts import emit_registered
+
+    try:
+        emit_registered(r)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("registration event not sent (%s: %s)", type(exc).__name__, exc)
+
+
+def publish_registration(root: Path, r: dict[str, Any]) -> None:
+    """The registration in the UI: a link artifact to the version's directory and a summary with its lineage."""
     card = Path(r.get("model_card") or "")
+    version_dir = (root / r["path"]).resolve() if r.get("path") else None
+    if version_dir is not None:
+        create_link_artifact(version_dir.as_uri(), link_text=f"{r.get('name')}@{r.get('version')}",
+                             key="uqa-registered-version", description="The registered version's files")
+    lineage = (read_json(version_dir / "registration.json") if version_dir else {}).get("lineage") or {}
+    code, run = lineage.get("code") or {}, lineage.get("run") or {}
     lines = [
         "# Registered model", "",
-        f"- model: **{r.get('name')} {r.get('version')}**",
+        f"- model: **[{r.get('name')}@{r.get('version')}]({version_dir.as_uri() if version_dir else ''})**"
+        f" (`uqa registry show {r.get('name')}@{r.get('version')}`)",
+        f"- code: commit `{code.get('commit')}`" + (" + uncommitted changes" if code.get("dirty") else ""),
+        f"- made by: flow run `{run.get('flow_run_name')}`" + (
+            f", DVC experiment `{run['experiment'].get('name')}`" if run.get("experiment") else ""),
         f"- promoted to prod: **{'yes' if r.get('promoted') else 'no'}** ({r.get('reason')})",
         f"- prod version now: {r.get('prod_version')}",
         f"- path: `{(root / r['path']).resolve() if r.get('path') else '?'}`",
@@ -386,11 +416,25 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
         if state.is_failed():
             logger.error("stopped: %s", state.message)
             return Failed(message=state.message)
+    if register:  # retention (register.keep_last): old experiments and the DVC cache, with the workspace held
+        _retention(root)
     if push:
         _push(root)
     metrics = read_json(root / layout.METRICS_FILE)
     registration = read_json(root / layout.report("register")) if register else {}
     return {"metrics": metrics, "registration": registration, "stages": stages}
+
+
+def _retention(root: Path) -> None:
+    """register.keep_last for experiments and the DVC cache. The run's work is done and recorded:
+    a retention failure is reported in the run log, it does not fail the run."""
+    from uqa.retention import prune_experiments_and_cache
+
+    try:
+        prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("retention (register.keep_last) did not finish: %s: %s; the next run tries "
+                                 "again", type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
 
 
 def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_source: bool = False) -> Any:

@@ -30,7 +30,15 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
-from flows.pipeline import STAGE_TASKS, TRIAL_CLONE_ENV, _bridge_logs, _unbridge_logs, uqa_pipeline  # noqa: E402
+from flows.pipeline import (  # noqa: E402
+    STAGE_TASKS,
+    TRIAL_CLONE_ENV,
+    _bridge_logs,
+    _unbridge_logs,
+    notify_registration,
+    publish_registration,
+    uqa_pipeline,
+)
 from tasks.chain import DATA_STAGES  # noqa: E402
 from uqa.dvc_ops import dvc_push, locked_workspace  # noqa: E402
 from uqa.errors import UserError  # noqa: E402
@@ -226,6 +234,9 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
             trials = _run_trials(root, planned, sweep_id, trial_deployment, search, remote)
             winner = pick_winner(trials)
             registration = _register_winner(root, base, winner, remote) if winner else None
+            if registration:
+                publish_registration(root, registration)
+                notify_registration(registration)
         finally:
             if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
                 with contextlib.suppress(UserError):
@@ -320,4 +331,6 @@ def _register_winner(root: Path, base: Any, winner: dict[str, Any], remote: Remo
         pull_experiments(root, remote.git_remote, [winner["experiment"]], outputs=True)
     with locked_workspace(root, command="uqa-sweep (register)", flow_run=flow_run.get_name()), \
             restored_experiment(root, winner["experiment"], winner["rev"]) as run_dir:
-        return register(params, root=root, run_dir=run_dir)
+        experiment = {"name": winner["experiment"], "rev": winner.get("rev"), "flow_run_id": winner.get("flow_run_id"),
+                      "flow_run_name": winner.get("flow_run")}
+        return register(params, root=root, run_dir=run_dir, experiment=experiment)

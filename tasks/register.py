@@ -22,10 +22,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from uqa import layout
+from uqa import layout, lineage, retention
 from uqa.atomic import atomic_dir, atomic_write_json, read_json
-from uqa.errors import DataError, TransientError, UserError
+from uqa.errors import DataError, UserError
 from uqa.gate import decide, regate_pending, verify_pending_version
+from uqa.hub_push import hub_done, push_and_record
+from uqa.model_card import model_card
 from uqa.params import Params
 from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
@@ -40,199 +42,11 @@ REPORT = layout.report("register")
 MODEL_FILES_SKIP = {"training_args.bin"}  # pickled Python objects do not belong in a shipped model
 
 
-CARD_TAGS = ["extractive-qa", "urdu", "uqa", "squad_v2"]
-
-
-def _hub_id(name: Any) -> bool:
-    """A Hub repo id (not a local path): what the card's base_model / datasets fields may name."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from uqa.hub import looks_local
-
-    if not isinstance(name, str) or looks_local(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _score(metrics: dict[str, Any], key: str) -> float | None:
-    """A metric as a float, or None when metrics/eval.json does not have it (never a made-up 0)."""
-    value = metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _cell(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def card_metadata(name: str, params: Params, metrics: dict[str, Any], download: dict[str, Any]) -> Any:
-    """The card's YAML front matter as huggingface_hub's ModelCardData, model-index included.
-
-    Every value goes through huggingface_hub's YAML dump, so a data.source such as
-    `{train: "a: b.parquet"}` or a path with `#` in it is quoted, not pasted into the YAML."""
-    from huggingface_hub import EvalResult, ModelCardData
-
-    source = params.data.source
-    source_text = source if isinstance(source, str) else json.dumps(source, ensure_ascii=False)
-    on_hub = download.get("kind") == "hub" if download.get("kind") else _hub_id(source)
-    revision = (download.get("resolved_revision") or params.data.revision) if on_hub else None
-    results = [
-        EvalResult(task_type="question-answering", task_name="Extractive Question Answering",
-                   dataset_type=source_text, dataset_name="UQA", dataset_split="validation",
-                   dataset_revision=revision, metric_type=metric, metric_value=value, metric_name=label)
-        for metric, label in (("exact_match", "SQuAD v2 EM"), ("f1", "SQuAD v2 F1"))
-        if (value := _score(metrics, metric)) is not None
-    ]
-    base = params.model.name if params.model.init == "pretrained" and _hub_id(params.model.name) else None
-    return ModelCardData(
-        library_name="transformers",
-        pipeline_tag="question-answering",
-        language=["ur"],
-        license="cc-by-sa-4.0",
-        tags=list(CARD_TAGS),
-        base_model=base,
-        datasets=[source] if on_hub else None,
-        model_name=name if results else None,
-        eval_results=results or None,
-    )
-
-
-def model_card(name: str, version: str, params: Params, metrics: dict[str, Any], download: dict[str, Any],
-               train: dict[str, Any], promoted: bool, reason: str) -> str:
-    """README.md of a registered version: Hub metadata (ModelCardData, model-index) and the human part."""
-    from huggingface_hub import ModelCard
-
-    if params.model.init == "pretrained":
-        base = params.model.name
-    else:
-        base = f"from scratch ({json.dumps(params.model.config, ensure_ascii=False)})"
-    lines = [
-        f"# {name} {version}",
-        "",
-        f"Extractive question answering for Urdu, fine-tuned on UQA with uqa-pipeline. Base model: {base}.",
-        "",
-        f"Registry: {'promoted to prod' if promoted else 'registered, not promoted'} ({reason}).",
-        "",
-        *_card_evaluation(metrics),
-        "",
-        *_card_data(params, download),
-        "",
-        *_card_training(params, train),
-        "",
-        *CARD_USE,
-    ]
-    data = card_metadata(name, params, metrics, download)
-    # parsed back by ModelCard on the way out: front matter that does not load fails here, not on the Hub
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
-
-
-def _card_evaluation(m: dict[str, Any]) -> list[str]:
-    lines = [
-        "## Evaluation (validation, one score per question id against all its reference answers)",
-        "",
-        "| metric | official SQuAD v2 normalization | Urdu normalization |",
-        "|---|---:|---:|",
-        f"| exact match | {_cell(_score(m, 'exact_match'))} | {_cell(_score(m, 'urdu_exact_match'))} |",
-        f"| F1 | {_cell(_score(m, 'f1'))} | {_cell(_score(m, 'urdu_f1'))} |",
-        "",
-        f"{m.get('n_questions', '?')} questions, mode {m.get('mode', '?')}.",
-    ]
-    if m.get("no_answer_threshold") is not None:
-        lines.append(f"No-answer threshold (null - best span margin): {m['no_answer_threshold']}.")
-    return lines
-
-
-def _card_data(params: Params, download: dict[str, Any]) -> list[str]:
-    lines = [
-        "## Data",
-        "",
-        "source (`data.source`):",
-        "",
-        "```json",
-        json.dumps(params.data.source, ensure_ascii=False),
-        "```",
-        "",
-        f"- revision: {params.data.revision if params.data.revision is not None else 'newest'}",
-    ]
-    if download.get("resolved_revision"):
-        lines.append(f"- resolved Hub commit: `{download['resolved_revision']}`")
-    lines += [
-        f"- keep_unanswerable: {params.data.keep_unanswerable}",
-        f"- rows: {json.dumps(download.get('rows'), ensure_ascii=False)}",
-    ]
-    for split, files in (download.get("files") or {}).items():
-        for f in files if isinstance(files, list) else []:
-            size = f" ({f['size']} bytes)" if isinstance(f.get("size"), int) else ""
-            lines.append(f"- {split}: `{Path(str(f.get('path'))).name}`{size} sha256 `{f.get('sha256')}`")
-    return lines
-
-
-def _card_training(params: Params, train: dict[str, Any]) -> list[str]:
-    return [
-        "## Training",
-        "",
-        "```json",
-        json.dumps({"model": params.section("model"), "tokenize": params.section("tokenize"),
-                    "train": params.section("train")}, indent=2, ensure_ascii=False),
-        "```",
-        "",
-        f"Precision {train.get('precision')}, {train.get('world_size')} process(es), "
-        f"{train.get('global_step')} optimizer steps, best checkpoint by {train.get('metric_for_best_model')} "
-        f"= {train.get('best_metric')}.",
-    ]
-
-
-CARD_USE = [
-    "## Use",
-    "",
-    "```bash",
-    'uqa predict --model PATH_TO_THIS_DIRECTORY --question "ہم کیا کرنے والے ہیں؟" \\',
-    '    --context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"',
-    "```",
-    "",
-    "(sliding windows over long contexts, the same span search as the evaluation). In Python:",
-    "`uqa.predict.Predictor(PATH)(questions, contexts)`, or the transformers Auto classes:",
-    "`AutoModelForQuestionAnswering.from_pretrained(PATH)`, `AutoTokenizer.from_pretrained(PATH)`.",
-    "transformers 5 removed `pipeline(\"question-answering\")`; with transformers 4.x it loads this directory too.",
-    "",
-]
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def push_to_hub(directory: Path, repo_id: str | None, private: bool = True) -> str:
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if not token:
-        try:
-            from prefect.blocks.system import Secret
-
-            token = Secret.load("hf-token").get()
-        except Exception:
-            token = None
-    if not token:
-        raise UserError("register.push_to_hub is true but no token: set HF_TOKEN (or a Prefect Secret block 'hf-token')")
-    if not repo_id:
-        raise UserError("register.push_to_hub is true but register.hub_repo_id is not set")
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory))
-    except Exception as exc:  # the message must never carry the token
-        text = f"{type(exc).__name__}: {exc}".replace(token, "***")
-        raise TransientError(f"push to the Hub ({repo_id}) failed: {text.splitlines()[0][:300]}") from None
-    return str(getattr(commit, "commit_url", repo_id))
 
 
 def read_metrics(metrics_file: Path) -> tuple[dict[str, Any], float]:
@@ -248,29 +62,6 @@ def read_metrics(metrics_file: Path) -> tuple[dict[str, Any], float]:
     return metrics, float(f1)
 
 
-def _hub_done(entry: dict[str, Any], repo_id: str | None) -> bool:
-    hub = entry.get("hub") or {}
-    return bool(hub.get("pushed")) and hub.get("repo_id") == repo_id
-
-
-def _push_and_record(registry: Registry, index: dict[str, Any], entry: dict[str, Any], repo_id: str | None,
-                     private: bool = True) -> str:
-    """Push the version to the Hub and record the outcome in its index entry (one atomic index write).
-
-    A failure is recorded as pending (with the token-free error) and re-raised: the stage fails, the
-    registration stays consistent, and the next run with the same weights retries the push."""
-    entry["hub"] = {"repo_id": repo_id, "pushed": False, "url": None, "error": None}
-    try:
-        url = push_to_hub(registry.version_dir(entry["version"]), repo_id, private)
-    except UserError as exc:
-        entry["hub"]["error"] = str(exc)  # push_to_hub's messages never carry the token
-        atomic_write_json(registry.index_path, index)
-        raise
-    entry["hub"].update(pushed=True, url=url)
-    atomic_write_json(registry.index_path, index)
-    return url
-
-
 def _tag(registry: Registry, entry: dict[str, Any]) -> None:
     """Give an index record its GTO version tag (and prod assignment); idempotent."""
     version = entry["version"]
@@ -282,8 +73,7 @@ def _tag(registry: Registry, entry: dict[str, Any]) -> None:
             raise RegistryInconsistent(
                 f"{registry.index_path} records {version} with GTO tags pending, but {', '.join(missing)} "
                 f"is missing: restore the registry (`dvc pull registry`) and run again")
-        registry.git_register(version, files, message=json.dumps(entry["metrics"] | {
-            "weights_sha256": entry["weights_sha256"]}))
+        registry.git_register(version, files, message=json.dumps(lineage.annotation(entry), ensure_ascii=False))
     if PROD in entry.get("stages", []) and registry.stage_version(PROD) != version:
         registry.git_promote(version, entry.get("reason", ""))
     entry["gto"] = "tagged"
@@ -307,9 +97,11 @@ def finish_pending_tags(registry: Registry, index: dict[str, Any], min_f1: float
 
 
 def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR,
-             metrics_file: Path = METRICS_FILE, run_dir: Path | None = None) -> dict[str, Any]:
+             metrics_file: Path = METRICS_FILE, run_dir: Path | None = None,
+             experiment: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register models/final of `run_dir` (default: `root`, the project whose registry this is; a
-    sweep registers its winning experiment's outputs from that experiment's workspace)."""
+    sweep registers its winning experiment's outputs from that experiment's workspace, and names that
+    experiment in `experiment` ({name, rev, flow_run_id, flow_run_name}) for the version's lineage)."""
     root = Path(root)
     run_dir = Path(run_dir) if run_dir is not None else root
     model_dir, metrics_file = run_dir / model_dir, run_dir / metrics_file
@@ -341,16 +133,25 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
                                + registry.version_dirs())
         record = _version_record(version, digest, params, metrics, promote, reason)
         record["gate"] = {"prod": prod, "min_f1": cfg.min_f1}  # what the decision was made against
+        prod_f1 = prod_record["metrics"].get("f1") if prod_record else None
+        record["lineage"] = lineage.collect(root, run_dir, params, record["metrics"], experiment=experiment, promotion={
+            "promoted": promote, "reason": reason, "prod_before": prod, "prod_f1": prod_f1,
+            "f1_change": round(f1 - prod_f1, 4) if prod_f1 is not None else None})
         card = model_card(cfg.name, version, params, metrics, read_json(run_dir / DOWNLOAD_REPORT),
-                          read_json(run_dir / TRAIN_REPORT), promote, reason)
+                          read_json(run_dir / TRAIN_REPORT), promote, reason, lineage=record["lineage"])
         _write_version(registry, version, model_dir, metrics, digest, card, record)
         hub_url = _index_tag_and_push(registry, index, record, cfg)
         report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,
                   "prod_version": version if promote else prod, "path": str(registry.version_dir(version)),
                   "model_card": str(registry.version_dir(version) / "README.md"), "gto": registry.uses_git,
-                  "hub_url": hub_url, "f1": f1}
+                  "hub_url": hub_url, "f1": f1, "prod_before": prod,
+                  "prod_f1": record["lineage"]["promotion"]["prod_f1"],
+                  "f1_change": record["lineage"]["promotion"]["f1_change"]}
         log.info("register: %s %s %s (%s)", cfg.name, version, "promoted to prod" if promote else "not promoted",
                  reason)
+    # retention: the registered run's checkpoints, and versions beyond register.keep_last (uqa/retention.py)
+    report["checkpoint_bytes_removed"] = retention.remove_checkpoints(run_dir)
+    report["pruned"] = retention.prune_versions(registry, cfg.keep_last)
     atomic_write_json(root / REPORT, report)
     return report
 
@@ -361,9 +162,9 @@ def _already_registered(registry: Registry, index: dict[str, Any], latest: dict[
     version = latest["version"]
     hub_url = (latest.get("hub") or {}).get("url")
     # a push that failed (or never ran) after this version reached prod: finish it now
-    if cfg.push_to_hub and prod == version and not _hub_done(latest, cfg.hub_repo_id):
+    if cfg.push_to_hub and prod == version and not hub_done(latest, cfg.hub_repo_id):
         log.info("register: %s %s is registered; retrying its Hub push", cfg.name, version)
-        hub_url = _push_and_record(registry, index, latest, cfg.hub_repo_id, cfg.hub_private)
+        hub_url = push_and_record(registry, index, latest, cfg.hub_repo_id, cfg.hub_private)
     reason = f"these weights are already registered as {version}"
     log.info("register: %s", reason)
     return {"name": cfg.name, "version": version, "registered": False, "promoted": prod == version,
@@ -440,7 +241,7 @@ def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[
     if registry.uses_git:
         _tag(registry, entry)
         atomic_write_json(registry.index_path, index)
-    return _push_and_record(registry, index, entry, cfg.hub_repo_id, cfg.hub_private) if push else None
+    return push_and_record(registry, index, entry, cfg.hub_repo_id, cfg.hub_private) if push else None
 
 
 def run(params: Params, params_file: str = "params.yaml") -> Any:

@@ -236,7 +236,7 @@ def test_params_are_frozen_dataclasses():
         p.train.epochs = 1  # type: ignore[misc]
     assert dataclasses.asdict(p.train)["launcher"]["num_processes"] == 1  # run_fingerprint relies on asdict
     assert p.section("register") == {"name": "uqa-qa", "min_f1": 0.0, "push_to_hub": False,
-                                     "hub_repo_id": None, "hub_private": True}
+                                     "hub_repo_id": None, "hub_private": True, "keep_last": None}
     assert p.model.tokenizer_source == "xlm-roberta-base"
 
 

@@ -262,7 +262,7 @@ def test_model_card_never_invents_a_score():
     """A metric eval.json does not have is 'n/a' in the table and absent from the model-index (not 0)."""
     from huggingface_hub import ModelCard
 
-    from tasks.register import model_card
+    from uqa.model_card import model_card
 
     text = model_card("uqa-qa", "v0.0.1", params_from_dict({}), {"f1": 42.5}, {}, {}, True, "first")
     card = ModelCard(text)
@@ -275,7 +275,7 @@ def test_model_card_quotes_a_hostile_directory_source():
     """A local directory source with ': ' and ' #' in it: the YAML the old f-string card wrote did not load."""
     from huggingface_hub import ModelCard
 
-    from tasks.register import model_card
+    from uqa.model_card import model_card
 
     source = "/data/uqa: v2 #1/"
     text = model_card("uqa-qa", "v0.0.1", params_from_dict({"data": {"source": source}}),

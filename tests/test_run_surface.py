@@ -206,7 +206,7 @@ def test_redaction_filter_keeps_records_it_cannot_format():
 def test_hub_repo_is_created_private_by_default(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from tasks.register import push_to_hub
+    from uqa.hub_push import push_to_hub
 
     created = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: created.append(kw))

@@ -79,6 +79,10 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     from uqa.registry import Registry
 
     assert [v["version"] for v in Registry(project, "uqa-qa").versions()] == ["v0.0.1"]
+    # the version's lineage names the sweep's run and the winning experiment it came from
+    run = Registry(project, "uqa-qa").record("v0.0.1")["lineage"]["run"]
+    winner = re.search(r"winner: trial (\d)", r.stdout).group(1)
+    assert run["flow"] == "uqa-sweep" and run["experiment"]["name"] == names[int(winner)]
     assert not any((project / ".dvc/tmp/uqa-exps").glob("*"))  # every trial's worktree is gone
 
 

@@ -189,6 +189,10 @@ class RegisterParams:
     push_to_hub: Annotated[Bool, _doc("seed's push_to_hub; needs HF_TOKEN")] = False
     hub_repo_id: Annotated[Str | None, _doc("e.g. your-name/xlm-roberta-base-uqa")] = None
     hub_private: Annotated[Bool, _doc("create the Hub repo private (public only when you say so)")] = True
+    keep_last: Annotated[Int | None, _doc(
+        "retention: keep the files of the newest N versions (and any version in a stage) and the newest N "
+        "DVC experiments; older ones are pruned (their records stay) and the DVC cache is collected. "
+        "null = keep everything", ge=1)] = None
 
     @model_validator(mode="after")
     def _rules(self) -> RegisterParams:

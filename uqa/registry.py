@@ -353,3 +353,26 @@ def _default_artifact(root: Path) -> str:
         return load_params(Path(root) / "params.yaml").register.name
     except UserError:
         return "uqa-qa"
+
+
+def version_of(spec: str, root: Path = Path("."), name: str | None = None) -> tuple[Registry, str]:
+    """The registry and version that `spec` names: `prod` (or any stage), `NAME:STAGE`, `NAME@vX.Y.Z`, `vX.Y.Z`."""
+    artifact, stage, version = name, None, None
+    if "@" in spec:
+        artifact, version = spec.split("@", 1)
+    elif ":" in spec:
+        artifact, stage = spec.split(":", 1)
+    elif re.fullmatch(r"v\d+\.\d+\.\d+", spec):
+        version = spec
+    else:
+        stage = spec
+    registry = Registry(root, artifact or _default_artifact(root))
+    if stage is not None:
+        version = registry.stage_version(stage)
+        if version is None:
+            raise UserError(f"no version of {registry.name!r} is in stage {stage!r} in {Path(root).resolve()} "
+                            "(`uqa registry` lists versions and stages)")
+    if version is None or registry.record(version) is None:
+        known = ", ".join(v["version"] for v in registry.versions()) or "none"
+        raise UserError(f"{registry.name}@{version} is not in {registry.index_path} (versions: {known})")
+    return registry, version

@@ -17,6 +17,9 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
+    # flow-run heartbeats every 60 s (Prefect's default is 180): `uqa alerts` sets a run Crashed after
+    # 270 s without one, so a dead run is reported within 5 minutes and a live one misses 4 in a row first
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",

@@ -189,6 +189,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_registry(args: argparse.Namespace) -> int:
     from uqa.registry import PROD, Registry, _default_artifact
 
+    if getattr(args, "registry_command", None) == "show":
+        return _registry_show(args)
+    if getattr(args, "registry_command", None) == "diff":
+        return _registry_diff(args)
     project = Path(args.project)
     name = args.name or _default_artifact(project)
     registry = Registry(project, name)
@@ -199,10 +203,66 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 1
     print(f"{name} ({'GTO tags' if registry.uses_git else 'registry index'}; prod = {prod})")
     for v in versions:
-        mark = " <- prod" if v["version"] == prod else ""
+        mark = (" <- prod" if v["version"] == prod else "") + (" (files pruned)" if v.get("pruned") else "")
         m = v["metrics"]
         print(f"  {v['version']}  F1 {m.get('f1', 0):6.2f}  EM {m.get('exact_match', 0):6.2f}  "
               f"{'promoted' if v['promoted'] else 'not promoted'}: {v['reason']}{mark}")
+    return 0
+
+
+def _registry_show(args: argparse.Namespace) -> int:
+    from uqa.lineage import describe
+    from uqa.registry import version_of
+
+    registry, version = version_of(args.spec, Path(args.project), args.name)
+    record = registry.record(version)
+    stages = [s for s in ("prod",) if registry.stage_version(s) == version]
+    if args.json:
+        print(json.dumps({"name": registry.name, "stages": stages, **record}, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(describe(registry.name, record, stages)))
+    return 0
+
+
+def _registry_diff(args: argparse.Namespace) -> int:
+    from uqa.lineage import diff
+    from uqa.registry import version_of
+
+    (ra, va), (rb, vb) = (version_of(s, Path(args.project), args.name) for s in (args.a, args.b))
+    changes = diff(ra.record(va), rb.record(vb))
+    if args.json:
+        print(json.dumps({k: [{"key": key, "a": x, "b": y} for key, x, y in rows] for k, rows in changes.items()},
+                         indent=2, ensure_ascii=False))
+        return 0
+    print(f"{ra.name}@{va} -> {rb.name}@{vb}")
+    if not changes:
+        print("  no difference in code, params, data, metrics, weights or run")
+    for section, rows in changes.items():
+        print(f"  {section}:")
+        for key, x, y in rows:
+            print(f"    {key}: {json.dumps(x, ensure_ascii=False)} -> {json.dumps(y, ensure_ascii=False)}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from uqa import alerts
+
+    if args.remove:
+        removed = alerts.remove()
+        print("removed: " + (", ".join(removed) if removed else "nothing (no uqa automations on the server)"))
+        return 0
+    if args.webhook or args.slack:
+        for name, what in alerts.install(args.webhook, args.slack, args.dead_after):
+            print(f"{what}: {name}")
+    elif not args.list:
+        raise UserError("give --webhook URL or --slack URL (create or update), --list, or --remove")
+    found = alerts.listing()
+    if not found:
+        print("no uqa automations on the server (uqa alerts --webhook URL creates them)")
+        return 1 if args.list else 0
+    for a in found:
+        print(f"{a['name']}  ({'enabled' if a['enabled'] else 'DISABLED'}; {', '.join(a['actions'])}): "
+              f"{a['description']}")
     return 0
 
 
@@ -288,10 +348,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default="Asia/Karachi")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("alerts", help="notifications on the Prefect server (PREFECT_API_URL) for failed, "
+                                      "crashed, silent runs and every registration (Prefect automations)")
+    p.add_argument("--webhook", metavar="URL", help="POST a JSON {subject, body} to this URL")
+    p.add_argument("--slack", metavar="URL", help="a Slack incoming-webhook URL")
+    p.add_argument("--list", action="store_true", help="show the automations on the server")
+    p.add_argument("--remove", action="store_true", help="delete the automations and their notification block")
+    p.add_argument("--dead-after", type=int, default=270, metavar="SECONDS",
+                   help="a run with no heartbeat for this long is set Crashed and reported (default 270; runs "
+                        "started by uqa send a heartbeat every 60 s)")
+    p.set_defaults(func=cmd_alerts)
+
     p = sub.add_parser("registry", help="list registered model versions and the prod stage")
     p.add_argument("--project", default=".")
     p.add_argument("--name", default=None)
     p.set_defaults(func=cmd_registry)
+    reg = p.add_subparsers(dest="registry_command")
+    q = reg.add_parser("show", help="a version's lineage: code commit, params, data and model hashes, metrics, run")
+    q.add_argument("spec", nargs="?", default="prod", help="prod (or another stage), NAME@vX.Y.Z or vX.Y.Z")
+    q.add_argument("--json", action="store_true", help="the full record as JSON")
+    q = reg.add_parser("diff", help="what changed between two versions (code, params, data, metrics)")
+    q.add_argument("a", help="prod, NAME@vX.Y.Z or vX.Y.Z")
+    q.add_argument("b", help="prod, NAME@vX.Y.Z or vX.Y.Z")
+    q.add_argument("--json", action="store_true")
+    for q in reg.choices.values():  # also after the subcommand: uqa registry show prod --project DIR
+        q.add_argument("--project", default=argparse.SUPPRESS)
+        q.add_argument("--name", default=argparse.SUPPRESS)
     return parser
 
 
