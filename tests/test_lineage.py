@@ -70,19 +70,17 @@ def test_code_state_outside_git(tmp_path):
     assert lineage.code_state(tmp_path)["commit"] is None
 
 
-def test_eval_set_hash_follows_the_rows_not_the_files(tmp_path):
-    from datasets import Dataset
+def test_data_lineage_names_the_evaluation_set_the_gate_compares(tmp_path):
+    import pandas as pd
 
-    rows = {"id": ["b", "a"], "question": ["q2", "q1"], "context": ["c2", "c1"],
-            "answers": [{"text": ["x"], "answer_start": [0]}, {"text": ["y"], "answer_start": [1]}]}
-    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "one"))
-    reordered = {k: list(reversed(v)) for k, v in rows.items()}
-    Dataset.from_dict(reordered).save_to_disk(str(tmp_path / "two"), num_shards=2)
-    changed = dict(rows, answers=[{"text": ["x"], "answer_start": [0]}, {"text": ["z"], "answer_start": [1]}])
-    Dataset.from_dict(changed).save_to_disk(str(tmp_path / "three"))
-    one, two, three = (lineage.eval_set_sha256(tmp_path / n) for n in ("one", "two", "three"))
-    assert one == two and one != three and len(one) == 64
-    assert lineage.eval_set_sha256(tmp_path / "missing") is None
+    from uqa.gate import eval_set_fingerprint
+
+    examples = pd.DataFrame({"id": ["a", "b"], "question": ["q1", "q2"], "context": ["c1", "c2"],
+                             "answer": ["x", "y"], "answer_start": [0, 1]})
+    recorded = eval_set_fingerprint(examples)  # what evaluate writes into metrics/eval.json
+    data = lineage.data_lineage(tmp_path, recorded)
+    assert (data["eval_set_sha256"], data["eval_set_rows"]) == (recorded["sha256"], 2)
+    assert lineage.data_lineage(tmp_path)["eval_set_sha256"] is None  # metrics that do not say: unknown, not made up
 
 
 def _registered_twice(root: Path):

@@ -31,7 +31,6 @@ LINEAGE_FORMAT = 1
 # stages whose outputs' DVC hashes (from dvc.lock) identify the data and the model a version was made from
 DVC_STAGES = ("download", "filter", "tokenize", "train")
 DVC_OUT_ROOTS = ("data/", "models/")  # their data and model outputs (not reports, curves or logs)
-EVAL_SET = layout.FILTERED_DIR / "validation"  # what evaluate scores (dvc.yaml: evaluate deps)
 # written by every run, not code: dvc.lock, the .gitignore entries DVC adds for outputs, and the outputs
 # dvc.yaml declares (a `cache: false` output such as metrics/eval.json is not git-ignored by DVC)
 NOT_CODE = {"dvc.lock", ".gitignore"}
@@ -139,24 +138,9 @@ def dvc_hashes(run_dir: Path) -> dict[str, Any]:
     return found
 
 
-def eval_set_sha256(directory: Path) -> str | None:
-    """A content hash of the evaluation set: every row (id, question, context, answers), sorted by id.
-    The same questions give the same hash whatever Arrow file layout or state.json they come in."""
-    directory = Path(directory)
-    if not (directory / "dataset_info.json").exists() and not any(directory.glob("*.arrow")):
-        return None
-    from datasets import load_from_disk
-
-    ds = load_from_disk(str(directory), keep_in_memory=True)
-    columns = [c for c in ("id", "question", "context", "answers") if c in ds.column_names]
-    rows = sorted(ds.select_columns(columns).to_list(), key=lambda r: str(r.get("id")))
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def data_lineage(run_dir: Path) -> dict[str, Any]:
+def data_lineage(run_dir: Path, eval_set: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data a version was made from; `eval_set` is what evaluate recorded of its questions
+    (metrics/eval.json: uqa.gate.eval_set_fingerprint, the hash the promotion gate compares)."""
     run_dir = Path(run_dir)
     fingerprint_file = run_dir / layout.SOURCE_FINGERPRINT
     try:
@@ -166,7 +150,7 @@ def data_lineage(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         fingerprint, fingerprint_sha = None, None
     return {"fingerprint": fingerprint, "fingerprint_sha256": fingerprint_sha, "dvc": dvc_hashes(run_dir),
-            "eval_set_sha256": eval_set_sha256(run_dir / EVAL_SET)}
+            "eval_set_sha256": (eval_set or {}).get("sha256"), "eval_set_rows": (eval_set or {}).get("rows")}
 
 
 def prefect_run() -> dict[str, Any] | None:
@@ -209,7 +193,7 @@ def collect(root: Path, run_dir: Path, params: Any, metrics: dict[str, Any], pro
         "code": code_state(Path(root)),
         "package": package_state(),
         "params": params.to_dict(),
-        "data": data_lineage(Path(run_dir)),
+        "data": data_lineage(Path(run_dir), metrics.get("eval_set") if isinstance(metrics.get("eval_set"), dict) else None),
         "metrics": metrics,
         "run": run,
         "promotion": promotion,
