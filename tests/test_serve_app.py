@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -155,3 +156,27 @@ def test_a_question_too_long_for_the_window_gets_predicts_error(client, model_di
     r = client.post("/v1/answer", json=[good, {"question": long_q, "context": context}])
     assert r.status_code == 422 and r.json()["field"] == "body[1].question" and "row 1" in r.json()["error"]
     assert _healthy(client)
+
+
+def test_onnx_backends_answer_like_torch_and_say_how_closely(model_dir, tmp_path):
+    from uqa.serving.backends import agreement, load_served
+    from uqa.serving.models import Resolved
+
+    rows = _questions(30)
+    qs, cs = [r["question"] for r in rows], [r["context"] for r in rows]
+    torch_answers = Predictor(model_dir)(qs, cs)
+    resolved = Resolved(model_dir, "v9.9.9")
+    for backend in ("onnx", "onnx-int8"):
+        served = load_served(resolved, backend, onnx_cache=tmp_path / "cache")
+        same, total = agreement(torch_answers, served.predictor(qs, cs))
+        if backend == "onnx":  # fp32: the same answers (the logits agree to ~1e-6)
+            assert same == total == 30
+        # the start-up note: the agreement on the check set, and a warning exactly when answers change
+        m = re.search(r"on (\d+) of (\d+) held-out questions", served.notes[0])
+        assert m and int(m.group(2)) == 64, served.notes
+        assert ("CHANGES ANSWERS" in served.notes[0]) == (int(m.group(1)) < 64)
+    exported = list((tmp_path / "cache").rglob("*.onnx"))
+    assert sorted(p.name for p in exported) == ["model.int8.onnx", "model.onnx"]  # once per version
+    mtimes = {p: p.stat().st_mtime_ns for p in exported}
+    load_served(resolved, "onnx-int8", onnx_cache=tmp_path / "cache")
+    assert {p: p.stat().st_mtime_ns for p in exported} == mtimes  # cached: not exported again

@@ -33,6 +33,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="larger request bodies are refused with 413")
     p.add_argument("--poll-seconds", type=float, default=5.0, metavar="S",
                    help="how often to check whether the stage moved (0: never)")
+    p.add_argument("--check-questions", default=None, metavar="FILE",
+                   help="held-out questions (.jsonl/.json/.parquet/.csv) on which a non-torch backend's answers are "
+                        "compared with torch's at load (default: the shipped demo validation questions)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
     p.add_argument("--repo", default=None, metavar="GIT_URL",
                    help="serve from another machine's registry: clone GIT_URL and fetch the version from its "
@@ -61,7 +64,11 @@ def serve(args: argparse.Namespace, root: Path) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = ModelSource(args.model, root)
-    holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.window_batch),
+    check = Path(args.check_questions) if args.check_questions else None
+    if check is not None and not check.exists():
+        raise UserError(f"--check-questions {check}: no such file")
+    holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.window_batch, check_file=check,
+                                                       threads=args.threads),
                          poll_seconds=args.poll_seconds)
     served = holder.load_initial()
     p = served.predictor
