@@ -232,3 +232,50 @@ def test_the_server_follows_prod_with_no_failed_request(project, server):
     assert set(answers[first_new:]) == {"v0.0.2"}  # the swap is one step: never back to the old one
     info = httpx.get(f"{server.url}/v1/model").json()
     assert info["version"] == "v0.0.2" and info["swaps"][-1]["from"] == "v0.0.1"
+
+
+def test_a_replica_elsewhere_gets_prod_through_gto_and_the_dvc_remote(project, tmp_path):
+    """`uqa serve --repo GIT_URL`: a clone (GTO tags) and `dvc get` from the project's DVC remote,
+    with nothing shared on disk: the replica's answers name prod's version and equal the project's."""
+    import httpx
+    from conftest import dvc, run_ok
+
+    from uqa.predict import Predictor
+    from uqa.registry import Registry, resolve_model
+
+    store = tmp_path / "dvc-store"
+    dvc("remote", "add", "-d", "store", str(store), cwd=project)
+    dvc("commit", "-f", "register", cwd=project)  # the stages ran as plain functions here: record them
+    dvc("push", "registry", cwd=project)
+    run_ok(["git", "add", "-A", ".dvc/config", "dvc.lock"], project)
+    run_ok(["git", "commit", "-q", "-m", "register and push"], project)
+    origin = tmp_path / "origin.git"
+    run_ok(["git", "clone", "-q", "--bare", str(project), str(origin)], tmp_path)  # branches and GTO tags
+
+    prod = Registry(project, "uqa-qa").stage_version("prod")
+    row = {"question": "کیا ہے؟", "context": "یہ ایک شہر ہے۔ اس کا افتتاح 1927 میں ہوا۔"}
+    want = Predictor(resolve_model("prod", project))([row["question"]], [row["context"]])[0]
+    port = free_port()
+    log = open(tmp_path / "replica.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uqa_cli", "serve", "--model", "uqa-qa:prod", "--repo", f"file://{origin}",
+         "--port", str(port), "--project", str(tmp_path / "not-a-project")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+        env=dict(os.environ, UQA_SERVE_CACHE=str(tmp_path / "cache")))
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "replica.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        got = httpx.post(f"http://127.0.0.1:{port}/v1/answer", json=row, timeout=60).json()
+        assert got["model_version"] == prod
+        assert (got["answer"], got["start"], got["end"]) == (want.answer, want.start, want.end)
+        downloaded = tmp_path / "cache" / "models" / "uqa-qa" / prod
+        assert (downloaded / "config.json").exists() and not str(downloaded).startswith(str(project))
+    finally:
+        stop_process_group(proc)
+        log.close()

@@ -154,3 +154,20 @@ def test_invalid_batch_settings_are_refused():
     for bad in ({"max_batch_size": 0}, {"max_wait_ms": -1}, {"max_queue": 0}):
         with pytest.raises(ValueError):
             BatchSettings(**bad)
+
+
+def test_the_scheduler_is_uqa_schedule_and_serve_cron_points_to_it(capsys):
+    from uqa_cli.main import build_parser, cmd_schedule, main
+
+    args = build_parser().parse_args(["schedule", "--cron", "0 3 * * 2", "--timezone", "UTC"])
+    assert args.func is cmd_schedule and (args.cron, args.timezone, args.name) == ("0 3 * * 2", "UTC", "weekly-serve")
+    assert main(["serve", "--cron", "0 2 * * 1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "uqa schedule --cron '0 2 * * 1'" in err
+
+
+def test_serve_options_are_checked_before_anything_loads(tmp_path, capsys):
+    from uqa_cli.main import main
+
+    assert main(["serve", "--project", str(tmp_path), "--model", str(tmp_path / "nowhere")]) == 2
+    assert "error:" in capsys.readouterr().err

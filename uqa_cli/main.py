@@ -230,6 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         f"{args.cron!r}` (same options as before)")
     from uqa.serving.cli import serve
 
+    if args.repo:  # another machine's registry: GTO + the DVC remote (uqa/serving/remote.py)
+        return serve(args, None)
     return serve(args, _resolve_in(args.model, Path(args.project))[0])
 
 

@@ -42,7 +42,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "DVC remote (dvc artifacts get)")
 
 
-def serve(args: argparse.Namespace, root: Path) -> int:
+def serve(args: argparse.Namespace, root: Path | None) -> int:
+    """`root`: the project whose registry --model names (None with --repo)."""
     import uvicorn
 
     from uqa.serving.app import ServeSettings, create_app
@@ -63,7 +64,12 @@ def serve(args: argparse.Namespace, root: Path) -> int:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source = ModelSource(args.model, root)
+    if args.repo:
+        from uqa.serving.remote import RemoteSource
+
+        source = RemoteSource(args.model, args.repo)
+    else:
+        source = ModelSource(args.model, root)
     check = Path(args.check_questions) if args.check_questions else None
     if check is not None and not check.exists():
         raise UserError(f"--check-questions {check}: no such file")
