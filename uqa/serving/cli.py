@@ -90,5 +90,31 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
     app = create_app(holder, ServeSettings(batch, args.max_body_bytes))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run()
+    server = _Server(config)
+    server.run()
+    if not server.started and server.stopped_by is None:
+        raise UserError(f"could not start the server on {args.host}:{args.port} (in use? see the log above)")
+    stats = app.state.batcher.stats
+    print(f"stopped ({server.stopped_by or 'done'}): answered {stats.items} question(s) in {stats.batches} "
+          f"forward batch(es)", file=sys.stderr)
     return 0
+
+
+class _Server:
+    """uvicorn.Server whose Ctrl-C / SIGTERM is a clean stop: after its graceful shutdown uvicorn
+    re-raises the signal it caught, which `uqa` would report as an interrupted run."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            stopped_by: str | None = None
+
+            def handle_exit(self, sig, frame):
+                import signal
+
+                self.stopped_by = signal.Signals(sig).name
+                super().handle_exit(sig, frame)
+                self._captured_signals.clear()  # handled here: nothing to re-raise
+
+        return Server(config)
