@@ -69,7 +69,7 @@ def _same(got: dict, want: dict) -> bool:
 def test_batched_answers_equal_unbatched_ones(model_dir):
     rows = _questions(40)
     want = _expected(model_dir, rows)
-    holder = ModelHolder(ModelSource(str(model_dir), model_dir.parent), lambda r: load_served(r, "torch", 64))
+    holder = ModelHolder(ModelSource(str(model_dir), model_dir.parent), lambda r: load_served(r, "torch", 64 * 48))
     holder.load_initial()
 
     async def clients():
@@ -92,7 +92,7 @@ def test_batched_answers_equal_unbatched_ones(model_dir):
 def client(model_dir):
     from fastapi.testclient import TestClient
 
-    holder = ModelHolder(ModelSource(str(model_dir), model_dir.parent), lambda r: load_served(r, "torch", 64))
+    holder = ModelHolder(ModelSource(str(model_dir), model_dir.parent), lambda r: load_served(r, "torch", 64 * 48))
     holder.load_initial()
     app = create_app(holder, ServeSettings(BatchSettings(max_batch_size=8, max_wait_ms=2), max_body_bytes=20_000))
     with TestClient(app, raise_server_exceptions=False) as c:

@@ -133,7 +133,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
             "swaps": holder.swaps, "loaded_at": served.loaded_at, "load_seconds": round(served.load_seconds, 3),
             "inference": {"max_seq_length": p.max_seq_length, "stride": p.stride, "n_best": p.n_best,
                           "max_answer_length": p.max_answer_length, "no_answer_threshold": p.no_answer_threshold,
-                          "sources": p.sources, "window_batch": p.batch_size},
+                          "sources": p.sources, "windows_per_forward": p.batch_size},
             "lineage": _lineage(r.path),
             "batching": {**asdict(settings.batch), "waiting": batcher.waiting, **asdict(batcher.stats)},
         }

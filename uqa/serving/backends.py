@@ -50,7 +50,7 @@ def _answer_all(predictor, pairs: list[tuple[str, str]]) -> list:
     return out
 
 
-def load_served(resolved: Resolved, backend: str = "torch", window_batch: int = 64,
+def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int = 16384,
                 onnx_cache: Path | None = None, check_file: Path | None = None,
                 threads: int | None = None) -> ServedModel:
     from uqa.predict import Predictor, weights_sha256
@@ -58,7 +58,10 @@ def load_served(resolved: Resolved, backend: str = "torch", window_batch: int = 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     started = time.monotonic()
-    predictor = Predictor(resolved.path, batch_size=window_batch)
+    predictor = Predictor(resolved.path)
+    # windows per forward pass from a token budget: the demo's 55-token windows go ~300 at a time,
+    # a 384-token model's ~40 (the same activation memory)
+    predictor.batch_size = max(1, forward_tokens // predictor.max_seq_length)
     notes: list[str] = []
     if backend != "torch":
         from uqa.serving.onnx_backend import onnx_model

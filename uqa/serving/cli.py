@@ -27,8 +27,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a request waits for others to share its batch")
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
                    help="questions allowed to wait; more are refused with 503 and Retry-After")
-    p.add_argument("--window-batch", type=int, default=64, metavar="N",
-                   help="windows per forward pass (a batch with more windows takes several passes)")
+    p.add_argument("--forward-tokens", type=int, default=16384, metavar="N",
+                   help="tokens per forward pass: windows per pass = N // the model's max_seq_length (a batch "
+                        "with more windows takes several passes)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="BYTES",
                    help="larger request bodies are refused with 413")
     p.add_argument("--poll-seconds", type=float, default=5.0, metavar="S",
@@ -57,8 +58,8 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
         batch = BatchSettings(args.max_batch_size, args.max_wait_ms, args.max_queue)
     except ValueError:
         raise UserError("--max-batch-size and --max-queue must be >= 1, --max-wait-ms >= 0") from None
-    if args.window_batch < 1 or args.max_body_bytes < 1024:
-        raise UserError("--window-batch must be >= 1 and --max-body-bytes >= 1024")
+    if args.forward_tokens < 1 or args.max_body_bytes < 1024:
+        raise UserError("--forward-tokens must be >= 1 and --max-body-bytes >= 1024")
     if args.threads:
         import torch
 
@@ -73,7 +74,7 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
     check = Path(args.check_questions) if args.check_questions else None
     if check is not None and not check.exists():
         raise UserError(f"--check-questions {check}: no such file")
-    holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.window_batch, check_file=check,
+    holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.forward_tokens, check_file=check,
                                                        threads=args.threads),
                          poll_seconds=args.poll_seconds)
     served = holder.load_initial()
