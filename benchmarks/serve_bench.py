@@ -165,6 +165,7 @@ class Server:
         if check is not None:
             cmd += ["--check-questions", str(check)]
         self.started = time.time()
+        self.ready_s = 0.0
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                      start_new_session=True)
 
@@ -225,15 +226,16 @@ async def load(url: str, rows: list[dict], concurrency: int, n_requests: int, ma
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     lat = sorted(latencies)
-
-    def pct(q: float) -> float:  # nearest rank
-        return lat[max(0, math.ceil(q * len(lat)) - 1)] if lat else float("nan")
-
-    return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors), "error_examples": errors[:3],
+    return {"latencies": lat, "concurrency": concurrency, "requests": len(lat), "errors": len(errors), "error_examples": errors[:3],
             "stopped_by_time": len(lat) + len(errors) < n_requests, "wall_s": round(wall, 3),
             "requests_per_s": round(len(lat) / wall, 3) if wall else 0.0,
-            "p50_ms": round(1000 * pct(0.50), 1), "p99_ms": round(1000 * pct(0.99), 1),
-            "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None, "answered_rows": answered}
+            "p50_ms": round(1000 * percentile(lat, 0.50), 1), "p99_ms": round(1000 * percentile(lat, 0.99), 1),
+            "answered_rows": answered}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest rank."""
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)] if sorted_values else float("nan")
 
 
 def answers(url: str, rows: list[dict]) -> list[tuple]:
@@ -259,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--requests", type=int, default=160, help="requests per level, demo shape")
     ap.add_argument("--base-requests", type=int, default=32, help="requests per level, base shape")
-    ap.add_argument("--max-seconds", type=float, default=150, help="a level stops after this long")
+    ap.add_argument("--max-seconds", type=float, default=60, help="a level's round stops after this long")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds over every level and setting (pooled)")
     ap.add_argument("--questions", type=int, default=100, help="held-out UQA questions (agreement, load)")
     ap.add_argument("--base-max-seq-length", type=int, default=384)
     ap.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads in the server")
@@ -267,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
 
+    import httpx
     import pandas as pd
 
+    signal.signal(signal.SIGTERM, _interrupt)  # the servers are stopped on every way out
     shared = shared_dir(args.shared)
     val = pd.read_parquet(shared / "data" / "uqa" / "validation.parquet").drop_duplicates("id")
     all_rows = val.sample(n=args.questions, random_state=0)[["id", "question", "context"]].to_dict("records")
@@ -301,35 +306,57 @@ def main(argv: list[str] | None = None) -> int:
             "questions": len(rows), "too_long_for_window": len(all_rows) - len(rows),
             "windows_per_question_mean": round(statistics.fmean(map(len, lengths)), 2),
             "max_seq_length": json.loads((model_dir / "uqa_inference.json").read_text()).get("max_seq_length")}
-        reference = None
-        for setup in args.setups.split(","):
-            # agreement on the held-out questions: the demo shape (a trained model with --demo-model);
-            # the base shape's untrained weights make it meaningless, and it would cost minutes
-            measure = shape == "demo"
-            server = Server(model_dir, setup, args.threads, work / f"{shape}-{setup}.log", work / "onnx-cache",
-                            check if measure else None)
-            try:
-                ready_s = server.wait_ready()
-                got = answers(server.url, rows) if measure else None
+        setups = args.setups.split(",")
+        # agreement on the held-out questions: the demo shape (a trained model with --demo-model);
+        # the base shape's untrained weights make it meaningless, and it would cost minutes
+        measure = shape == "demo"
+        servers: dict[str, Server] = {}
+        try:
+            for setup in setups:  # every setting's server up at once: the rounds below interleave them
+                servers[setup] = Server(model_dir, setup, args.threads, work / f"{shape}-{setup}.log",
+                                        work / "onnx-cache", check if measure else None)
+                servers[setup].ready_s = servers[setup].wait_ready()  # one at a time: exports do not overlap
+            info, agree, reference = {}, {}, None
+            for setup in setups:
+                info[setup] = httpx.get(f"{servers[setup].url}/v1/model").json()
+                got = answers(servers[setup].url, rows) if measure else None
                 if got is not None and setup in ("naive", "torch") and reference is None:
                     reference = got
-                agree = (sum(a == b for a, b in zip(reference, got, strict=True)) if reference and got else None)
-                info = __import__("httpx").get(f"{server.url}/v1/model").json()
-                asyncio.run(load(server.url, rows, 2, 4, 60))  # warm-up
+                if reference and got:
+                    agree[setup] = sum(a == b for a, b in zip(reference, got, strict=True))
+                asyncio.run(load(servers[setup].url, rows, 2, 4, 60))  # warm-up
+            # rounds: each level runs every setting in turn, so the machine's other load (shared,
+            # and varying by the minute) falls on all of them alike; the rounds are pooled
+            pooled: dict[tuple[str, int], list[dict]] = {}
+            for _ in range(args.rounds):
                 for c in levels:
-                    load_before = load_average()
-                    res = asyncio.run(load(server.url, rows, c, max(n_requests, c), args.max_seconds))
-                    res_flops = sum(flops[i] for i in res.pop("answered_rows"))
-                    run = {"shape": shape, "setup": setup, **res, "ready_s": round(ready_s, 1),
-                           "agreement_with_torch": f"{agree}/{len(rows)}" if agree is not None else None,
-                           "backend_notes": info.get("backend_notes"), "load_before": load_before,
-                           "load_after": load_average(), "model_gflops_per_s": round(res_flops / res["wall_s"] / 1e9, 2)}
-                    if shape == "base" and peak:
-                        run["fraction_of_matmul_peak"] = round(res_flops / res["wall_s"] / peak, 3)
-                    results["runs"].append(run)
-                    print(json.dumps({k: v for k, v in run.items() if k not in ("backend_notes", "error_examples")}),
-                          flush=True)
-            finally:
+                    for setup in setups:
+                        load_before = load_average()
+                        res = asyncio.run(load(servers[setup].url, rows, c, max(n_requests, c), args.max_seconds))
+                        res["flops"] = sum(flops[i] for i in res.pop("answered_rows"))
+                        res["load_before"], res["load_after"] = load_before, load_average()
+                        pooled.setdefault((setup, c), []).append(res)
+                        print(json.dumps({"shape": shape, "setup": setup, **{k: v for k, v in res.items()
+                                                                             if k not in ("error_examples", "latencies")}}), flush=True)
+            for (setup, c), parts in pooled.items():
+                lat = sorted(x for p in parts for x in p["latencies"])
+                wall = sum(p["wall_s"] for p in parts)
+                flops_done = sum(p["flops"] for p in parts)
+                run = {"shape": shape, "setup": setup, "concurrency": c, "requests": len(lat),
+                       "errors": sum(p["errors"] for p in parts), "rounds": len(parts),
+                       "stopped_by_time": any(p["stopped_by_time"] for p in parts), "wall_s": round(wall, 2),
+                       "requests_per_s": round(len(lat) / wall, 3), "p50_ms": round(1000 * percentile(lat, 0.5), 1),
+                       "p99_ms": round(1000 * percentile(lat, 0.99), 1), "ready_s": round(servers[setup].ready_s, 1),
+                       "agreement_with_torch": f"{agree[setup]}/{len(rows)}" if setup in agree else None,
+                       "backend_notes": info[setup].get("backend_notes"),
+                       "load_before": [p["load_before"][0] for p in parts],
+                       "load_after": [p["load_after"][0] for p in parts],
+                       "model_gflops_per_s": round(flops_done / wall / 1e9, 2)}
+                if shape == "base" and peak:
+                    run["fraction_of_matmul_peak"] = round(flops_done / wall / peak, 3)
+                results["runs"].append(run)
+        finally:
+            for server in servers.values():
                 server.stop()
     results["uptime_end"] = uptime()
     out = Path(args.out)
@@ -340,16 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def table(results: dict) -> str:
     lines = ["| model | setup | concurrency | req/s | p50 ms | p99 ms | requests | errors | model GFLOP/s | "
-             "of matmul peak | same answer as torch | load avg before → after |",
+             "of matmul peak | same answer as torch | 1-min load avg during |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["runs"]:
         frac = f"{100 * r['fraction_of_matmul_peak']:.0f}%" if "fraction_of_matmul_peak" in r else "–"
         lines.append(f"| {r['shape']} | {r['setup']} | {r['concurrency']} | {r['requests_per_s']:.1f} | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests']}{' (time cap)' if r['stopped_by_time'] else ''} | "
                      f"{r['errors']} | {r['model_gflops_per_s']:.1f} | {frac} | {r['agreement_with_torch'] or '–'} | "
-                     f"{r['load_before'][0]} → {r['load_after'][0]} |")
+                     f"{min(r['load_before'] + r['load_after'])}–{max(r['load_before'] + r['load_after'])} |")
     return "\n".join(lines)
 
 
