@@ -171,3 +171,22 @@ def test_serve_options_are_checked_before_anything_loads(tmp_path, capsys):
 
     assert main(["serve", "--project", str(tmp_path), "--model", str(tmp_path / "nowhere")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_repeated_warning_is_logged_once_a_minute_with_a_count():
+    import logging
+
+    from uqa.serving.cli import OncePerMinute
+
+    f = OncePerMinute(seconds=60)
+
+    def rec(msg, level=logging.WARNING):
+        return logging.LogRecord("uqa.predict", level, __file__, 1, msg, (), None)
+
+    assert f.filter(rec("%d question(s) leave few tokens"))
+    assert not f.filter(rec("%d question(s) leave few tokens"))
+    assert f.filter(rec("another warning")) and f.filter(rec("an error", logging.ERROR))
+    assert f.filter(rec("an error", logging.ERROR))
+    f.last[("uqa.predict", "%d question(s) leave few tokens")] -= 61  # a minute later
+    again = rec("%d question(s) leave few tokens")
+    assert f.filter(again) and "(1 more like this in the last minute)" in again.msg

@@ -65,6 +65,8 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OncePerMinute())  # e.g. predict's narrow-window warning comes with every batch
     if args.repo:
         from uqa.serving.remote import RemoteSource
 
@@ -99,6 +101,30 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
     print(f"stopped ({server.stopped_by or 'done'}): answered {stats.items} question(s) in {stats.batches} "
           f"forward batch(es)", file=sys.stderr)
     return 0
+
+
+class OncePerMinute(logging.Filter):
+    """Each warning (by its message template) at most once a minute, with a count of those held back."""
+
+    def __init__(self, seconds: float = 60.0):
+        super().__init__()
+        self.seconds, self.last, self.held = seconds, {}, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        if now - self.last.get(key, -self.seconds) < self.seconds:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        self.last[key] = now
+        held = self.held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last minute)"
+        return True
 
 
 class _Server:
