@@ -55,16 +55,19 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 def _lineage(path: Path) -> dict[str, Any]:
-    """What the version says about where it came from: registration.json (and lineage.json when there)."""
-    out: dict[str, Any] = {}
-    for name in ("registration.json", "lineage.json"):
+    """What the version says about where it came from: its registration.json (metrics, base model,
+    data source, why it was promoted), with lineage.json under "lineage" when the version has one."""
+    def read(name: str) -> dict[str, Any] | None:
         try:
             data = json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            out.update(data.get("lineage", {}) if name == "lineage.json" and "lineage" in data else
-                       ({"lineage": data} if name == "lineage.json" else data))
+            return None
+        return data if isinstance(data, dict) else None
+
+    out = read("registration.json") or {}
+    lineage = read("lineage.json")
+    if lineage is not None:
+        out["lineage"] = lineage.get("lineage", lineage)
     return out
 
 
