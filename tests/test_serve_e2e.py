@@ -232,6 +232,9 @@ def test_the_server_follows_prod_with_no_failed_request(project, server):
     assert set(answers[first_new:]) == {"v0.0.2"}  # the swap is one step: never back to the old one
     info = httpx.get(f"{server.url}/v1/model").json()
     assert info["version"] == "v0.0.2" and info["swaps"][-1]["from"] == "v0.0.1"
+    # the version's record: registration.json and the registry index (why it was promoted, its metrics)
+    assert info["lineage"]["version"] == "v0.0.2" and "f1" in info["lineage"]["metrics"]
+    assert "reason" in info["lineage"] and info["stage"] == "prod"
 
 
 def test_a_replica_elsewhere_gets_prod_through_gto_and_the_dvc_remote(project, tmp_path):

@@ -71,6 +71,20 @@ def _lineage(path: Path) -> dict[str, Any]:
     return out
 
 
+def _registry_record(source, resolved) -> dict[str, Any]:
+    """The version's record in the registry index (metrics, promotion, lineage where the pipeline
+    records it); {} for a model directory outside a registry."""
+    if not resolved.name or getattr(source, "root", None) is None:
+        return {}
+    try:
+        from uqa.registry import Registry
+
+        return Registry(source.root, resolved.name).record(resolved.version) or {}
+    except Exception:  # an unreadable index must not break /v1/model: the version's own files still answer
+        log.warning("could not read the registry record of %s %s", resolved.name, resolved.version)
+        return {}
+
+
 def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
     batcher = DynamicBatcher(BatchAnswerer(holder), settings.batch)
 
@@ -137,7 +151,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
             "inference": {"max_seq_length": p.max_seq_length, "stride": p.stride, "n_best": p.n_best,
                           "max_answer_length": p.max_answer_length, "no_answer_threshold": p.no_answer_threshold,
                           "sources": p.sources, "windows_per_forward": p.batch_size},
-            "lineage": _lineage(r.path),
+            "lineage": {**_lineage(r.path), **_registry_record(holder.source, r)},
             "batching": {**asdict(settings.batch), "waiting": batcher.waiting, **asdict(batcher.stats)},
         }
 
