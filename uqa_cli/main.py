@@ -129,14 +129,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")
     print('try: uqa predict --model prod --question "ہم کیا کرنے والے ہیں؟" '
           '--context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"')
+    print("or serve it over HTTP: uqa serve --model prod   (API docs: http://127.0.0.1:8000/docs)")
     return 0
 
 
 def _resolve(spec: str, project: Path) -> Path:
+    return _resolve_in(spec, project)[1]
+
+
+def _resolve_in(spec: str, project: Path) -> tuple[Path, Path]:
+    """(the project whose registry has it, the model directory): PROJECT, else its demo-run/."""
     from uqa.registry import RegistryInconsistent, resolve_model
 
     try:
-        return resolve_model(spec, project)
+        return project, resolve_model(spec, project)
     except RegistryInconsistent:
         raise  # a broken registry is reported, never papered over with the demo's model
     except UserError:
@@ -145,7 +151,7 @@ def _resolve(spec: str, project: Path) -> Path:
             raise
         path = resolve_model(spec, demo)
         print(f"(no {spec!r} model in {project.resolve()}; using the demo's registry in {demo})", file=sys.stderr)
-        return path
+        return demo, path
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -266,7 +272,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_schedule(args: argparse.Namespace) -> int:
     """flow.serve: one long-running process that is both the deployment and its worker."""
     from prefect.schedules import Cron
 
@@ -279,6 +285,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limit=1,  # one run at a time; the workspace lock backs this up
     )
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The registered model over HTTP (uqa/serving); follows the stage it was given."""
+    if args.cron is not None:
+        raise UserError(f"`uqa serve` now answers questions over HTTP; the scheduler is `uqa schedule --cron "
+                        f"{args.cron!r}` (same options as before)")
+    from uqa.serving.cli import serve
+
+    if args.repo:  # another machine's registry: GTO + the DVC remote (uqa/serving/remote.py)
+        return serve(args, None)
+    return serve(args, _resolve_in(args.model, Path(args.project))[0])
 
 
 WAIT_HELP = ("when another run holds this workspace, wait up to MINUTES for it (default 0: "
@@ -341,12 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "metrics/eval.json)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="serve the flow on a schedule (flow.serve: no work pool needed)")
+    p = sub.add_parser("serve", help="answer questions over HTTP with a registered model (follows prod)")
+    from uqa.serving.cli import add_serve_arguments
+
+    add_serve_arguments(p)
+    p.add_argument("--cron", default=None, help=argparse.SUPPRESS)  # the old scheduler: now `uqa schedule`
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("schedule", help="run the flow on a schedule (flow.serve: no work pool needed)")
     p.add_argument("--project", default=".")
     p.add_argument("--name", default="weekly-serve")
     p.add_argument("--cron", default="0 2 * * 1", help="cron expression (default: Mondays 02:00)")
     p.add_argument("--timezone", default="Asia/Karachi")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("alerts", help="notifications on the Prefect server (PREFECT_API_URL) for failed, "
                                       "crashed, silent runs and every registration (Prefect automations)")

@@ -1,0 +1,92 @@
+"""Loading a version for serving: uqa.predict.Predictor with the torch model, or with an ONNX
+Runtime session (fp32, or int8 dynamic quantization) in the model's place.
+
+The Predictor's windows, span search and threshold are untouched, so a backend can change answers
+only through its logits. At load, a non-torch backend answers a check set of held-out questions
+(the shipped demo validation questions, or `--check-questions FILE`) with torch and with itself;
+the agreement is logged and shown at start-up and in /v1/model, with a warning when answers differ."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from uqa.errors import UserError
+from uqa.serving.models import Resolved, ServedModel
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+DEFAULT_CHECK = Path(__file__).resolve().parents[2] / "demo" / "data" / "validation.jsonl"
+CHECK_ROWS = 64
+
+
+def check_questions(path: Path | None = None, n: int = CHECK_ROWS) -> list[tuple[str, str]]:
+    """Held-out (question, context) pairs for the agreement check: [] when there is no such file."""
+    from uqa.predict import read_batch
+
+    path = Path(path) if path else DEFAULT_CHECK
+    if not path.exists():
+        return []
+    rows = read_batch(path)[:n]
+    return [(r["question"], r["context"]) for r in rows]
+
+
+def agreement(reference: list, candidate: list) -> tuple[int, int]:
+    """(answers identical in text and span, answers compared)."""
+    same = sum(a.answer == b.answer and (a.start, a.end) == (b.start, b.end) and a.no_answer == b.no_answer
+               for a, b in zip(reference, candidate, strict=True))
+    return same, len(reference)
+
+
+def _answer_all(predictor, pairs: list[tuple[str, str]]) -> list:
+    out = []
+    for q, c in pairs:  # one at a time: a question too long for the window is skipped, not fatal
+        try:
+            out.extend(predictor([q], [c]))
+        except UserError:
+            out.append(None)
+    return out
+
+
+def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int = 16384,
+                onnx_cache: Path | None = None, check_file: Path | None = None,
+                threads: int | None = None) -> ServedModel:
+    from uqa.predict import Predictor, weights_sha256
+
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    started = time.monotonic()
+    predictor = Predictor(resolved.path)
+    # windows per forward pass from a token budget: the demo's 55-token windows go ~300 at a time,
+    # a 384-token model's ~40 (the same activation memory)
+    predictor.batch_size = max(1, forward_tokens // predictor.max_seq_length)
+    notes: list[str] = []
+    if backend != "torch":
+        from uqa.serving.onnx_backend import onnx_model
+
+        digest = weights_sha256(resolved.path)
+        with_types = "token_type_ids" in predictor.tokenizer.model_input_names
+        pairs = check_questions(check_file)
+        reference = _answer_all(predictor, pairs) if pairs else []
+        predictor.model = onnx_model(predictor.model, resolved.path, backend == "onnx-int8", with_types, digest,
+                                     cache=onnx_cache, threads=threads)
+        if pairs:
+            candidate = _answer_all(predictor, pairs)
+            kept = [(a, b) for a, b in zip(reference, candidate, strict=True) if a is not None and b is not None]
+            same, total = agreement([a for a, _ in kept], [b for _, b in kept])
+            source = check_file or DEFAULT_CHECK
+            note = (f"{backend} gives the same answer as torch on {same} of {total} held-out questions "
+                    f"({100 * same / max(total, 1):.1f}%, {source})")
+            if same < total:
+                note = f"WARNING: {backend} CHANGES ANSWERS: " + note
+                log.warning(note)
+            else:
+                log.info(note)
+            notes.append(note)
+        else:
+            notes.append(f"{backend}: no check questions found ({check_file or DEFAULT_CHECK}): agreement with "
+                         "torch not measured")
+    return ServedModel(resolved, predictor, backend, time.monotonic() - started, notes=notes)
+

@@ -1,0 +1,147 @@
+"""`uqa serve`'s options and start-up: load the model, then uvicorn until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from uqa.errors import UserError
+
+log = logging.getLogger("uqa.serve")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", default=".", help="project whose registry resolves --model (default: .)")
+    p.add_argument("--model", default="prod", help="prod (or another stage: followed when it moves), NAME:STAGE, "
+                                                   "NAME@vX.Y.Z (fixed) or a model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+                   help="torch (default), or ONNX Runtime fp32 / int8 dynamic quantization (exported once per "
+                        "version, cached beside it)")
+    p.add_argument("--max-batch-size", type=int, default=32, metavar="N",
+                   help="questions answered by one model call (1 = no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+                   help="questions allowed to wait; more are refused with 503 and Retry-After")
+    p.add_argument("--forward-tokens", type=int, default=16384, metavar="N",
+                   help="tokens per forward pass: windows per pass = N // the model's max_seq_length (a batch "
+                        "with more windows takes several passes)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="BYTES",
+                   help="larger request bodies are refused with 413")
+    p.add_argument("--poll-seconds", type=float, default=5.0, metavar="S",
+                   help="how often to check whether the stage moved (0: never)")
+    p.add_argument("--check-questions", default=None, metavar="FILE",
+                   help="held-out questions (.jsonl/.json/.parquet/.csv) on which a non-torch backend's answers are "
+                        "compared with torch's at load (default: the shipped demo validation questions)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
+    p.add_argument("--repo", default=None, metavar="GIT_URL",
+                   help="serve from another machine's registry: clone GIT_URL and fetch the version from its "
+                        "DVC remote (dvc artifacts get)")
+
+
+def serve(args: argparse.Namespace, root: Path | None) -> int:
+    """`root`: the project whose registry --model names (None with --repo)."""
+    import uvicorn
+
+    from uqa.serving.app import ServeSettings, create_app
+    from uqa.serving.backends import load_served
+    from uqa.serving.batcher import BatchSettings
+    from uqa.serving.models import ModelHolder, ModelSource
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: not a port number")
+    try:
+        batch = BatchSettings(args.max_batch_size, args.max_wait_ms, args.max_queue)
+    except ValueError:
+        raise UserError("--max-batch-size and --max-queue must be >= 1, --max-wait-ms >= 0") from None
+    if args.forward_tokens < 1 or args.max_body_bytes < 1024:
+        raise UserError("--forward-tokens must be >= 1 and --max-body-bytes >= 1024")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OncePerMinute())  # e.g. predict's narrow-window warning comes with every batch
+    if args.repo:
+        from uqa.serving.remote import RemoteSource
+
+        source = RemoteSource(args.model, args.repo)
+    else:
+        source = ModelSource(args.model, root)
+    check = Path(args.check_questions) if args.check_questions else None
+    if check is not None and not check.exists():
+        raise UserError(f"--check-questions {check}: no such file")
+    holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.forward_tokens, check_file=check,
+                                                       threads=args.threads),
+                         poll_seconds=args.poll_seconds)
+    served = holder.load_initial()
+    p = served.predictor
+    print(f"serving {served.resolved.name or ''} {served.version}"
+          f"{f' ({served.resolved.stage})' if served.resolved.stage else ''} from {served.resolved.path} "
+          f"with {served.backend}; {p.describe()}", file=sys.stderr)
+    for note in served.notes:
+        print(f"backend: {note}", file=sys.stderr)
+    if source.follows and args.poll_seconds > 0:
+        print(f"following {source.name}:{source.stage}: checked every {args.poll_seconds:g} s", file=sys.stderr)
+    print(f"http://{args.host}:{args.port}/v1/answer  (API docs: http://{args.host}:{args.port}/docs)",
+          file=sys.stderr)
+    app = create_app(holder, ServeSettings(batch, args.max_body_bytes))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=10)
+    server = _Server(config)
+    server.run()
+    if not server.started and server.stopped_by is None:
+        raise UserError(f"could not start the server on {args.host}:{args.port} (in use? see the log above)")
+    stats = app.state.batcher.stats
+    print(f"stopped ({server.stopped_by or 'done'}): answered {stats.items} question(s) in {stats.batches} "
+          f"forward batch(es)", file=sys.stderr)
+    return 0
+
+
+class OncePerMinute(logging.Filter):
+    """Each warning (by its message template) at most once a minute, with a count of those held back."""
+
+    def __init__(self, seconds: float = 60.0):
+        super().__init__()
+        self.seconds, self.last, self.held = seconds, {}, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        if now - self.last.get(key, -self.seconds) < self.seconds:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        self.last[key] = now
+        held = self.held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last minute)"
+        return True
+
+
+class _Server:
+    """uvicorn.Server whose Ctrl-C / SIGTERM is a clean stop: after its graceful shutdown uvicorn
+    re-raises the signal it caught, which `uqa` would report as an interrupted run."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            stopped_by: str | None = None
+
+            def handle_exit(self, sig, frame):
+                import signal
+
+                self.stopped_by = signal.Signals(sig).name
+                super().handle_exit(sig, frame)
+                self._captured_signals.clear()  # handled here: nothing to re-raise
+
+        return Server(config)
