@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
-from uqa.atomic import atomic_dir, atomic_write_json, read_json
+from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, TransientError, UserError
+from uqa.inference_settings import INFERENCE_FILE, registry_settings, weights_sha256
+from uqa.jsonfile import read_json
 from uqa.params import Params
-from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)

@@ -256,7 +256,7 @@ def test_cancelling_a_deployment_run_stops_training(prefect_server, tmp_path):
         cancelled = time.monotonic()
 
         def stage_processes() -> list[str]:
-            return [p for p in marked(mark) if "train_worker" in p or "accelerate" in p]
+            return [p for p in marked(mark) if "train_recipe" in p or "accelerate" in p]
 
         assert wait_until(lambda: not stage_processes(), 30), stage_processes()
         assert time.monotonic() - cancelled < 30

@@ -24,15 +24,9 @@ import pytest
 from conftest import DEMO_SOURCE, demo_tiny_params, free_port, run_ok
 
 from tasks.download import download
-from tasks.source import (
-    HubUnreachable,
-    check_source,
-    current_fingerprint,
-    hub_fingerprint,
-    resolve_hub_sha,
-    source_markdown,
-)
+from tasks.source import check_source, source_markdown
 from uqa.atomic import atomic_write_json
+from uqa.data_source import HubUnreachable, current_fingerprint, hub_fingerprint, resolve_hub_sha
 from uqa.errors import UserError
 from uqa.params import DataParams
 

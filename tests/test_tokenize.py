@@ -282,8 +282,8 @@ def assert_same_as_reference(out_dir, report, reference, chunk_rows):
     multi-shard save_to_disk directory that the train and evaluate stages read as before."""
     import pyarrow.compute as pc
 
-    from tasks.train_worker import feature_lengths
     from uqa.features import windows_from_table
+    from uqa.trainer import feature_lengths
 
     tables, ref_report = reference
     assert {k: v for k, v in report.items() if k != "seconds"} == ref_report

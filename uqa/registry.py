@@ -29,6 +29,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError
+from uqa.git import git as _git
 
 
 class RegistryInconsistent(UserError):
@@ -43,13 +44,6 @@ AUTHOR = ("uqa-pipeline", "uqa-pipeline@localhost")
 def is_git_repo(root: Path) -> bool:
     r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     return r.returncode == 0 and Path(r.stdout.strip()).resolve() == Path(root).resolve()
-
-
-def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> str:
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=env, input=input)
-    if r.returncode != 0:
-        raise UserError(f"git {' '.join(args[:2])} failed in {root}: {r.stderr.strip()}")
-    return r.stdout.strip()
 
 
 def _finite_number(x: Any) -> bool:
@@ -260,7 +254,7 @@ def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) ->
     else:
         stage = spec
     if artifact is None:
-        artifact = _default_artifact(root)
+        artifact = default_artifact(root)
     registry = Registry(root, artifact)
     if stage is not None:
         version = registry.stage_version(stage)
@@ -278,10 +272,10 @@ def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) ->
     return directory
 
 
-def _default_artifact(root: Path) -> str:
+def default_artifact(root: Path) -> str:
     try:
-        from uqa.params import load_params
+        from uqa.params import PARAMS_FILE, load_params
 
-        return load_params(Path(root) / "params.yaml").register.name
+        return load_params(Path(root) / PARAMS_FILE).register.name
     except UserError:
         return "uqa-qa"
