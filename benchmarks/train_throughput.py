@@ -35,7 +35,7 @@ def prepare(shared: Path, work: Path, n_examples: int) -> dict:
     """Real UQA train features in the pipeline's layout (data/tokenized/...)."""
     import datasets
 
-    from tasks.tokenize import features_table
+    from uqa.tokenize_passes import features_table
 
     tok, windows, labels = answerable_train_sample(shared, n_examples)
     table_ = features_table(windows, labels)

@@ -217,9 +217,10 @@ def reference_tokenize_splits(params, in_dir, tokenizer_dir):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tasks.tokenize import SPLITS, features_table, get_tokenizer, split_stats
+    from tasks.tokenize import SPLITS, get_tokenizer
     from uqa.features import encode_pairs
     from uqa.modeling import sequence_limit
+    from uqa.tokenize_passes import features_table, split_stats
 
     tables = {s: datasets.load_from_disk(str(in_dir / s)).data.table for s in SPLITS}
     val_rows = first_row_per_id(tables["validation"].column("id").to_pylist())
