@@ -56,6 +56,7 @@ def run_variant(variant: str, out: Path, chunks: int, windows: int) -> dict:
     if variant == "ours":
         from uqa.arrow_shards import write_dataset_files, write_shard
 
+        out.mkdir(parents=True)  # the stage writes into its atomic_dir's temporary directory
         results = [write_shard(chunk_table(k, windows), str(out / f"data-{k:05d}-of-{chunks:05d}.arrow"))
                    for k in range(chunks)]
         write_dataset_files(out, chunks, results[0][0], [digest for _, digest in results])
