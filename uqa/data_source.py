@@ -15,7 +15,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import DataError, UserError, first_line
-from uqa.hashing import file_sha256
+from uqa.hashing import KnownHashes
 from uqa.hub import looks_local
 from uqa.jsonfile import read_json
 from uqa.params import DataParams
@@ -23,6 +23,9 @@ from uqa.params import DataParams
 SPLITS = layout.SPLITS
 FINGERPRINT = layout.SOURCE_FINGERPRINT
 HUB_TIMEOUT_S = 30.0
+# the sha256 of local source files by their stat, in a DVC project: the `source` stage runs on every
+# `dvc repro` and flow run, and an unchanged file is not read again (the fingerprint stays the same)
+KNOWN_HASHES = Path(".dvc/tmp/uqa-source-hashes.json")
 
 
 class HubUnreachable(Exception):
@@ -138,9 +141,13 @@ def source_files(source: Any) -> tuple[str, dict[str, list[str]]] | None:
 
 
 def file_fingerprints(files: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
-    """{split: [{path, size, sha256}, ...]}: every file that will be read, by content."""
-    return {s: [{"path": f, "size": os.path.getsize(f), "sha256": file_sha256(f)} for f in fs]
-            for s, fs in files.items()}
+    """{split: [{path, size, sha256}, ...]}: every file that will be read, by content (a file not
+    changed since it was last hashed in this project is not read again: KNOWN_HASHES)."""
+    known = KnownHashes(KNOWN_HASHES if KNOWN_HASHES.parent.parent.is_dir() else None)
+    fingerprints = {s: [{"path": f, "size": os.path.getsize(f), "sha256": known.sha256(f)} for f in fs]
+                    for s, fs in files.items()}
+    known.save()
+    return fingerprints
 
 
 def local_fingerprint(params: DataParams) -> dict[str, Any] | None:

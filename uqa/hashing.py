@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,3 +32,41 @@ def files_sha256(paths: Iterable[str | Path], names_relative_to: Path | None = N
             h.update(str(Path(path).relative_to(names_relative_to)).encode())
         update_from_file(h, path)
     return h.hexdigest()
+
+
+class KnownHashes:
+    """sha256 of files, remembered by their stat (device, inode, size, mtime and ctime in ns) in a
+    JSON file: a file whose stat has not changed is not read again, as DVC's state database does for
+    outputs. ctime changes with every write, also one that puts the old mtime back (cp -p, rsync -a,
+    touch -d), which the kernel does not let a user set. `path` None: remember nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.known: dict[str, list] = {}
+        self.changed = False
+        if path is not None:
+            from uqa.jsonfile import read_json
+
+            try:
+                self.known = read_json(path)
+            except Exception:  # noqa: BLE001 - a damaged cache is only a cache: hash again
+                self.known = {}
+
+    def sha256(self, file: str | Path) -> str:
+        st = os.stat(file)
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        name = os.path.abspath(file)
+        entry = self.known.get(name)
+        if isinstance(entry, list) and entry[:-1] == key:
+            return entry[-1]
+        digest = file_sha256(file)
+        self.known[name] = [*key, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if self.path is not None and self.changed:
+            from uqa.atomic import atomic_write_json
+
+            atomic_write_json(self.path, self.known)
+            self.changed = False
