@@ -52,6 +52,7 @@ from uqa.params import (
     read_raw,
 )
 from uqa.progress import TerminalProgress, describe_progress, progress_reporter
+from uqa.runtime import apply_runtime_defaults
 
 ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
 
@@ -344,6 +345,7 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
 
     `push` sends the results to the remotes (an experiment: `dvc exp push origin NAME`);
     `pin_source` (a sweep's trials) keeps data.source as the run's data/source.json recorded it."""
+    apply_runtime_defaults()  # a deployment's run imports us in Prefect's engine: the stages' libraries come later
     logger = get_run_logger()
     root = Path(project_dir).resolve()
     with run_log_bridge():

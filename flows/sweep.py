@@ -42,6 +42,7 @@ from uqa.experiment import (
 )
 from uqa.git import GIT_REMOTE
 from uqa.params import PARAMS_FILE, deep_merge, load_params, overrides_to_nested, params_from_dict
+from uqa.runtime import apply_runtime_defaults
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -183,6 +184,7 @@ def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, 
     `samples` settings drawn from `ranges` ({'train.learning_rate': '1e-4:1e-2:log'}); register the best.
     When `trial_deployment`'s pull steps clone the project (`trial-remote`), the trials run wherever
     its workers are, from the project as published on `git_remote` and the default DVC remote."""
+    apply_runtime_defaults()  # a deployment's run imports us in Prefect's engine: the stages' libraries come later
     logger = get_run_logger()
     root = Path(project_dir).resolve()
     with run_log_bridge():
