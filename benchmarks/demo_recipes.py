@@ -4,7 +4,7 @@
 
 One demo workspace (uqa demo's: the shipped data, demo/params.yaml laid over params.yaml) gets its data
 stages once; then every recipe × seed trains in this process exactly as the train stage's worker does
-(tasks/train_worker.run: the recipe's Trainer, an evaluation and a checkpoint per epoch, the best
+(tasks/train_recipe.run: the recipe's Trainer, an evaluation and a checkpoint per epoch, the best
 checkpoint by eval loss) and is scored by the evaluate stage's own function. Each recipe is a set of
 overrides on demo/params.yaml; the seed is train.seed. Torch uses its default threads (all cores)
 unless OMP_NUM_THREADS says otherwise. Train s is the Trainer's own run time (reports/train.json).
@@ -59,7 +59,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from tasks import download, source, tokenize
     from tasks import filter as filter_stage
-    from tasks import train_worker as worker
+    from tasks import train_recipe as recipe
     from tasks.evaluate import evaluate
     from uqa.demo import demo_workspace
     from uqa.params import load_params, params_from_dict
@@ -79,7 +79,7 @@ def main() -> None:
                 for out in ("models", "dvclive"):
                     shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
-                report = worker.run(params)
+                report = recipe.run(params)
                 metrics = evaluate(params)
                 result = {"recipe": name, "seed": seed, "model_type": params.model.config["model_type"],
                           "epochs": params.train.epochs, "steps": report["global_step"],

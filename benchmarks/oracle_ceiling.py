@@ -21,12 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 from common import write_result  # noqa: E402
 
-from tasks.evaluate import references_by_id, score_predictions  # noqa: E402
 from tasks.filter import check_row  # noqa: E402
 from tasks.tokenize import first_row_per_id  # noqa: E402
 from uqa.features import encode_labelled_windows  # noqa: E402
 from uqa.inference import WindowLogits, spans_for_windows  # noqa: E402
 from uqa.postprocess import pad_ragged  # noqa: E402
+from uqa.scoring import references_by_id, score_predictions  # noqa: E402
 from uqa.tokenizer import load_tokenizer  # noqa: E402
 
 

@@ -94,6 +94,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="1x2,2x1,2x2", help="WORKERSxTHREADS,...")
     args = ap.parse_args()
+    from uqa.runtime import apply_runtime_defaults
+
+    apply_runtime_defaults()  # no telemetry, as the uqa command (the flows set nothing on import)
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-bench-"))

@@ -2,65 +2,37 @@
 
 Each task is a thin shell over the stage function that `dvc repro` runs (tasks/<stage>.py). A stage
 that DVC reports up to date is skipped and shown as `Cached` in the UI; one that ran is recorded in
-dvc.lock with `dvc commit`. Flow parameters override params.yaml sections; they are written into
-params.yaml first (as `dvc exp run -S` does), so that dvc.lock records what really ran.
+dvc.lock with `dvc commit`. A run reads params.yaml as it is; one with `overrides` is a DVC experiment
+in a worktree of its own, whose copy of params.yaml gets them (as `dvc exp run -S` does): the
+project's params.yaml is never edited.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from uqa import layout
-from uqa.runtime import apply_runtime_defaults  # noqa: E402
-
-apply_runtime_defaults()  # before Prefect is imported: quiet, no telemetry, patient first start
-
-from uqa.redact import RedactUrlCredentials, install_log_redaction, strip_url_credentials  # noqa: E402
-
-install_log_redaction()  # Prefect's run loggers: what the UI and the terminal show
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import (  # noqa: E402
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.client.schemas.objects import State  # noqa: E402
-from prefect.runtime import deployment, flow_run  # noqa: E402
-from prefect.states import Completed, Failed  # noqa: E402
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, Failed
 
-from tasks.train import TerminalProgress, describe_progress, progress_reporter  # noqa: E402
-from uqa.atomic import read_json  # noqa: E402
-from uqa.errors import TransientError, UserError  # noqa: E402
-from uqa.experiment import (  # noqa: E402
-    experiment_name,
-    experiment_workspace,
-    push_experiment,
-    save_experiment,
-)
-from uqa.params import (  # noqa: E402
-    PARAMS_FILE,
-    _plain,
-    apply_overrides,
-    deep_merge,
-    load_params,
-    overrides_dict,
-    overrides_model,
-    params_from_dict,
-    read_raw,
-    refuse_unsafe_overrides,
-)
-
-ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
-from tasks.chain import BY_NAME, STAGES, stage_name  # noqa: E402
-from uqa.dvc_ops import (  # noqa: E402
+from tasks.chain import BY_NAME, STAGES, stage_name
+from uqa import layout
+from uqa.dvc_ops import (
     dvc_checkout,
     dvc_commit,
     dvc_push,
@@ -69,6 +41,27 @@ from uqa.dvc_ops import (  # noqa: E402
     locked_workspace,
     working_dir,
 )
+from uqa.errors import TransientError, UserError
+from uqa.experiment import experiment_name, experiment_workspace, push_experiment, save_experiment
+from uqa.git import GIT_REMOTE
+from uqa.jsonfile import read_json
+from uqa.params import (
+    PARAMS_FILE,
+    apply_overrides,
+    deep_merge,
+    load_params,
+    overrides_dict,
+    overrides_model,
+    params_from_dict,
+    plain,
+    read_raw,
+    refuse_unsafe_overrides,
+)
+from uqa.progress import TerminalProgress, describe_progress, progress_reporter
+from uqa.redact import RedactUrlCredentials, strip_url_credentials
+from uqa.runtime import apply_runtime_defaults
+
+ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
 
 BRIDGED_LOGGERS = ("tasks", "uqa", "flows", "transformers", "datasets", "accelerate")
 
@@ -93,6 +86,16 @@ class _RunLogBridge(logging.Handler):
             logger.log(record.levelno, "%s: %s", record.name, record.getMessage())
         except Exception:
             self.handleError(record)
+
+
+@contextlib.contextmanager
+def run_log_bridge() -> Iterator[None]:
+    """Our and the libraries' log records go to this flow run's log meanwhile (see _RunLogBridge)."""
+    handler, saved = _bridge_logs()
+    try:
+        yield
+    finally:
+        _unbridge_logs(handler, saved)
 
 
 def _bridge_logs() -> tuple[logging.Handler, dict[str, tuple[int, bool, list[logging.Handler]]]]:
@@ -172,6 +175,15 @@ def succeeded(result: Any) -> bool:
     return not (isinstance(result, State) and result.is_failed())
 
 
+def run_and_publish(name: str, root: str, publish: Callable[[Path, bool], None]) -> Any:
+    """Run the stage (or skip it, up to date); then show its report as an artifact, if it succeeded.
+    `publish(root, ran_now)`: ran_now is False when DVC found the stage up to date (shown Cached)."""
+    result = run_stage(name, root)
+    if succeeded(result):
+        publish(Path(root), not isinstance(result, State))
+    return result
+
+
 def _no_retry_on_bad_data(task, task_run, state) -> bool:
     try:
         state.result()
@@ -206,14 +218,7 @@ def source_task(root: str, pinned: bool = False) -> Any:
     # always runs: resolves what data.source is now; download reruns only when that changed
     if pinned:
         return pinned_source(root)
-    result = run_stage("source", root)
-    if succeeded(result):
-        from tasks.source import source_markdown
-
-        report = read_json(Path(root) / layout.report("source"))
-        create_markdown_artifact(source_markdown(report), key="uqa-source",
-                                 description="What data.source resolved to (or which data was kept)")
-    return result
+    return run_and_publish("source", root, _source_artifact)
 
 
 @task(name="download", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_no_retry_on_bad_data,
@@ -224,10 +229,7 @@ def download_task(root: str) -> Any:
 
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_task(root: str) -> Any:
-    result = run_stage("filter", root)
-    if succeeded(result):
-        _filter_artifact(Path(root))
-    return result
+    return run_and_publish("filter", root, _filter_artifact)
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
@@ -270,19 +272,12 @@ class ArtifactProgress(TerminalProgress):
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(root: str) -> Any:
-    result = run_stage("evaluate", root)
-    if succeeded(result):
-        _metrics_artifact(Path(root))
-    return result
+    return run_and_publish("evaluate", root, _metrics_artifact)
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(root: str) -> Any:
-    result = run_stage("register", root)
-    if succeeded(result):
-        # a stage DVC found up to date (Cached) registered nothing now: no new registration event
-        _register_artifact(Path(root), notify=not isinstance(result, State))
-    return result
+    return run_and_publish("register", root, _register_artifact)
 
 
 # one Prefect task per stage, chained in tasks/chain.py's order (dvc.yaml's, checked by tests/test_dvc_yaml.py)
@@ -292,7 +287,15 @@ assert set(_TASKS) == set(BY_NAME), f"a stage without a task, or a task without 
 STAGE_TASKS = tuple(_TASKS[stage_name(m)] for m in STAGES)
 
 
-def _filter_artifact(root: Path) -> None:
+def _source_artifact(root: Path, ran_now: bool = True) -> None:
+    from tasks.source import source_markdown
+
+    report = read_json(root / layout.report("source"))
+    create_markdown_artifact(source_markdown(report), key="uqa-source",
+                             description="What data.source resolved to (or which data was kept)")
+
+
+def _filter_artifact(root: Path, ran_now: bool = True) -> None:
     report = read_json(root / layout.report("filter"))
     lines = ["# Filter report", "", "| split | rows in | kept | dropped (by reason) | answers stripped |",
              "|---|---:|---:|---|---:|"]
@@ -315,7 +318,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _metrics_artifact(root: Path) -> None:
+def _metrics_artifact(root: Path, ran_now: bool = True) -> None:
     metrics = read_json(root / layout.METRICS_FILE)
     create_markdown_artifact(metrics_markdown(metrics), key="uqa-metrics", description="EM/F1 on validation")
     errors = root / layout.ERRORS
@@ -323,10 +326,10 @@ def _metrics_artifact(root: Path) -> None:
         create_markdown_artifact(errors.read_text(encoding="utf-8"), key="uqa-errors", description="Error analysis")
 
 
-def _register_artifact(root: Path, notify: bool = True) -> None:
+def _register_artifact(root: Path, ran_now: bool = True) -> None:
     r = read_json(root / layout.report("register"))
     publish_registration(root, r)
-    if notify:
+    if ran_now:  # a register stage DVC found up to date registered nothing now: no new registration event
         notify_registration(r)
 
 
@@ -379,23 +382,22 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
 
     `push` sends the results to the remotes (an experiment: `dvc exp push origin NAME`);
     `pin_source` (a sweep's trials) keeps data.source as the run's data/source.json recorded it."""
+    apply_runtime_defaults()  # a deployment's run imports us in Prefect's engine: the stages' libraries come later
     logger = get_run_logger()
-    handler, saved = _bridge_logs()
     root = Path(project_dir).resolve()
-    try:
-        nested = overrides_dict(overrides)
-        if nested and deployment.id:  # from the API (run form, deployment run): no code choices
-            refuse_unsafe_overrides(nested, f"deployment run {flow_run.get_name()}")
-        if nested:
-            return _run_experiment(root, nested, push, pin_source)
-        with locked_workspace(root, wait_s=wait_for_lock_minutes * 60, command="uqa-pipeline flow run",
-                              flow_run=flow_run.get_name()):
-            return _run_stages(root, push)
-    except UserError as exc:  # a busy workspace, bad overrides, no git repository: one clear message
-        logger.error("%s", exc)
-        return Failed(message=str(exc))
-    finally:
-        _unbridge_logs(handler, saved)
+    with run_log_bridge():
+        try:
+            nested = overrides_dict(overrides)
+            if nested and deployment.id:  # from the API (run form, deployment run): no code choices
+                refuse_unsafe_overrides(nested, f"deployment run {flow_run.get_name()}")
+            if nested:
+                return _run_experiment(root, nested, push, pin_source)
+            with locked_workspace(root, wait_s=wait_for_lock_minutes * 60, command="uqa-pipeline flow run",
+                                  flow_run=flow_run.get_name()):
+                return _run_stages(root, push)
+        except UserError as exc:  # a busy workspace, bad overrides, no git repository: one clear message
+            logger.error("%s", exc)
+            return Failed(message=str(exc))
 
 
 def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool = False) -> Any:
@@ -439,7 +441,7 @@ def _retention(root: Path) -> None:
 
 def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_source: bool = False) -> Any:
     logger = get_run_logger()
-    params_from_dict(deep_merge(_plain(read_raw(root / PARAMS_FILE)), overrides),
+    params_from_dict(deep_merge(plain(read_raw(root / PARAMS_FILE)), overrides),
                      f"{root / PARAMS_FILE} (with overrides)")  # a bad override fails before any work
     name = experiment_name(flow_run.get_name() or "uqa-exp")
     logger.info("overrides %s: running as DVC experiment %r in its own workspace; %s is not changed",
@@ -453,9 +455,9 @@ def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_sourc
         save_experiment(workspace, name, [t.name for t in STAGE_TASKS if t is not register_task])
     result["experiment"] = name
     if push:  # e.g. a sweep's trial on another machine: the results go back through git and DVC
-        push_experiment(root, name, EXPERIMENT_GIT_REMOTE)
+        push_experiment(root, name, GIT_REMOTE)  # the remote a clone (a trial's pull step) was made from
         logger.info("dvc exp push %s %s: the experiment's commit is on the git remote, its outputs on the "
-                    "default DVC remote", EXPERIMENT_GIT_REMOTE, name)
+                    "default DVC remote", GIT_REMOTE, name)
         _remove_trial_clone(root)
     create_markdown_artifact(strip_url_credentials(experiment_markdown(name, overrides, result["metrics"])),
                              key="uqa-experiment",
@@ -465,7 +467,6 @@ def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_sourc
     return result
 
 
-EXPERIMENT_GIT_REMOTE = "origin"  # the remote a clone (a trial's pull step) was made from
 TRIAL_CLONE_ENV = "UQA_TRIAL_CLONE_DIR"  # set by uqa-sweep for its trials on other machines
 
 
@@ -499,4 +500,10 @@ def _push(root: Path) -> None:
 
 
 if __name__ == "__main__":
+    from prefect.context import refresh_global_settings_context
+
+    from uqa.runtime import apply_runtime_defaults
+
+    apply_runtime_defaults()  # quiet, no telemetry, patient first start (the uqa CLI does this before importing us)
+    refresh_global_settings_context()
     uqa_pipeline()

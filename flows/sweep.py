@@ -21,28 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uqa.runtime import apply_runtime_defaults
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import deployment, flow_run
+from prefect.states import Failed
 
-apply_runtime_defaults()
-
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.runtime import deployment, flow_run  # noqa: E402
-from prefect.states import Failed  # noqa: E402
-
-from flows.pipeline import (  # noqa: E402
+from flows.pipeline import (
     STAGE_TASKS,
     TRIAL_CLONE_ENV,
-    _bridge_logs,
-    _unbridge_logs,
     notify_registration,
     publish_registration,
+    run_log_bridge,
     uqa_pipeline,
 )
-from tasks.chain import DATA_STAGES  # noqa: E402
-from uqa.dvc_ops import dvc_push, locked_workspace  # noqa: E402
-from uqa.errors import UserError  # noqa: E402
-from uqa.experiment import (  # noqa: E402
+from tasks.chain import DATA_STAGES
+from uqa.dvc_ops import dvc_push, locked_workspace
+from uqa.errors import UserError
+from uqa.experiment import (
     experiment_name,
     experiment_results,
     publish_commit,
@@ -52,14 +47,17 @@ from uqa.experiment import (  # noqa: E402
     snapshot_commit,
     unpublish,
 )
-from uqa.params import (  # noqa: E402
+from uqa.git import GIT_REMOTE
+from uqa.params import (
+    PARAMS_FILE,
     deep_merge,
     load_params,
     overrides_to_nested,
     params_from_dict,
     refuse_unsafe_overrides,
 )
-from uqa.redact import strip_url_credentials  # noqa: E402
+from uqa.redact import strip_url_credentials
+from uqa.runtime import apply_runtime_defaults
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -196,61 +194,73 @@ def _publish_workspace(root: Path, git_remote: str, sweep_id: str, env: dict[str
 @flow(name="uqa-sweep")
 def uqa_sweep(project_dir: str = ".", grid: dict[str, list[Any]] | None = None, ranges: dict[str, str] | None = None,
               samples: int = 0, seed: int = 0, trial_deployment: str | None = None,
-              git_remote: str = "origin") -> dict[str, Any]:
+              git_remote: str = GIT_REMOTE) -> dict[str, Any]:
     """Try each setting of `grid` ({'train.learning_rate': [1e-3, 2e-3], ...}, every combination), or
     `samples` settings drawn from `ranges` ({'train.learning_rate': '1e-4:1e-2:log'}); register the best.
     When `trial_deployment`'s pull steps clone the project (`trial-remote`), the trials run wherever
     its workers are, from the project as published on `git_remote` and the default DVC remote."""
+    apply_runtime_defaults()  # a deployment's run imports us in Prefect's engine: the stages' libraries come later
     logger = get_run_logger()
-    handler, saved = _bridge_logs()
     root = Path(project_dir).resolve()
-    try:
-        if bool(grid) == bool(ranges and samples > 0):
-            raise UserError("give either a grid, or ranges with samples > 0")
-        if deployment.id:  # the grid came through the API: it may not choose code to run
-            refuse_unsafe_overrides({**(grid or {}), **(ranges or {})}, f"deployment run {flow_run.get_name()}")
-        base = load_params(root / "params.yaml")
-        search = RandomSearch(ranges or {}, seed) if ranges else None
-        planned = grid_trials(grid) if grid else [search.ask(i) for i in range(samples)]
-        for overrides in planned:  # every trial's params are checked before anything runs
-            params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(overrides)), f"trial {overrides}")
-        sweep_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
-        clones, deployment_env = _deployment_clones(trial_deployment) if trial_deployment else (False, {})
-        if clones:
-            remote_url(root, git_remote)  # before any work: trials elsewhere need it
-
-        remote = None
-        with locked_workspace(root, command="uqa-sweep (data stages)", flow_run=flow_run.get_name()):
-            upstream: list[Any] = []
-            for stage_task in (t for t in STAGE_TASKS if t.name in DATA_STAGES):
-                state = stage_task(str(root), return_state=True, wait_for=upstream)
-                upstream = [state]
-                if state.is_failed():
-                    raise UserError(f"data stages failed, no trial started: {state.message}")
-            if clones:
-                remote = _publish_workspace(root, git_remote, sweep_id, deployment_env)
-
+    with run_log_bridge():
         try:
-            trials = _run_trials(root, planned, sweep_id, trial_deployment, search, remote)
-            winner = pick_winner(trials)
-            registration = _register_winner(root, base, winner, remote) if winner else None
-            if registration:
-                publish_registration(root, registration)
-                notify_registration(registration)
-        finally:
-            if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
-                with contextlib.suppress(UserError):
-                    unpublish(root, remote.git_remote, remote.ref)
-        create_markdown_artifact(strip_url_credentials(sweep_markdown(trials, winner, registration)), key="uqa-sweep",
-                                 description="Every trial of this sweep and the winner")
-        if winner:
-            logger.info("winner: trial %d (%s), F1 %.2f", winner["number"], winner["overrides"], winner["f1"])
-        return {"trials": trials, "winner": winner, "registration": registration}
-    except UserError as exc:
-        logger.error("%s", exc)
-        return Failed(message=str(exc))
-    finally:
-        _unbridge_logs(handler, saved)
+            if deployment.id:  # the grid came through the API: it may not choose code to run
+                refuse_unsafe_overrides({**(grid or {}), **(ranges or {})}, f"deployment run {flow_run.get_name()}")
+            base, search, planned = plan_trials(root, grid, ranges, samples, seed)
+            sweep_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
+            clones, deployment_env = _deployment_clones(trial_deployment) if trial_deployment else (False, {})
+            if clones:
+                remote_url(root, git_remote)  # before any work: trials elsewhere need it
+            remote = run_data_stages(root, sweep_id, git_remote if clones else None, deployment_env)
+            try:
+                trials = _run_trials(root, planned, sweep_id, trial_deployment, search, remote)
+                winner = pick_winner(trials)
+                registration = _register_winner(root, base, winner, remote) if winner else None
+                if registration:
+                    publish_registration(root, registration)
+                    notify_registration(registration)
+            finally:
+                if remote is not None:  # the experiments' baseline is the project's HEAD, not this snapshot
+                    with contextlib.suppress(UserError):
+                        unpublish(root, remote.git_remote, remote.ref)
+            create_markdown_artifact(strip_url_credentials(sweep_markdown(trials, winner, registration)),
+                                     key="uqa-sweep", description="Every trial of this sweep and the winner")
+            if winner:
+                logger.info("winner: trial %d (%s), F1 %.2f", winner["number"], winner["overrides"], winner["f1"])
+            return {"trials": trials, "winner": winner, "registration": registration}
+        except UserError as exc:
+            logger.error("%s", exc)
+            return Failed(message=str(exc))
+
+
+def plan_trials(root: Path, grid: dict[str, list[Any]] | None, ranges: dict[str, str] | None, samples: int,
+                seed: int) -> tuple[Any, RandomSearch | None, list[dict[str, Any]]]:
+    """(the project's params, the search that proposes trials (ranges) or None (grid), the trials'
+    overrides); every trial's params are checked before anything runs."""
+    if bool(grid) == bool(ranges and samples > 0):
+        raise UserError("give either a grid, or ranges with samples > 0")
+    base = load_params(root / PARAMS_FILE)
+    search = RandomSearch(ranges or {}, seed) if ranges else None
+    planned = grid_trials(grid) if grid else [search.ask(i) for i in range(samples)]
+    for overrides in planned:
+        params_from_dict(deep_merge(base.to_dict(), overrides_to_nested(overrides)), f"trial {overrides}")
+    return base, search, planned
+
+
+def run_data_stages(root: Path, sweep_id: str, git_remote: str | None,
+                    deployment_env: dict[str, str]) -> RemoteTrials | None:
+    """The data stages, once, in the project (every trial restores them from the DVC cache); with
+    `git_remote` (trials on other machines) the workspace is then published for them to clone."""
+    with locked_workspace(root, command="uqa-sweep (data stages)", flow_run=flow_run.get_name()):
+        upstream: list[Any] = []
+        for stage_task in (t for t in STAGE_TASKS if t.name in DATA_STAGES):
+            state = stage_task(str(root), return_state=True, wait_for=upstream)
+            upstream = [state]
+            if state.is_failed():
+                raise UserError(f"data stages failed, no trial started: {state.message}")
+        if git_remote is None:
+            return None
+        return _publish_workspace(root, git_remote, sweep_id, deployment_env)
 
 
 def _run_trials(root: Path, planned: list[dict[str, Any]], sweep_id: str, trial_deployment: str | None,

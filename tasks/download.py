@@ -9,18 +9,23 @@ fingerprint DVC recorded; local files must still hash to what the fingerprint sa
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from uqa import layout
 from uqa.atomic import atomic_dir, atomic_write_json
-from uqa.errors import DataError, UserError
-from uqa.hub import hub_error, looks_local
-from uqa.params import DataParams, Params
+from uqa.data_source import (
+    FINGERPRINT,
+    HubUnreachable,
+    current_fingerprint,
+    file_fingerprints,
+    resolve_hub_sha,
+    source_files,
+)
+from uqa.errors import DataError, UserError, first_line
+from uqa.hub import hub_error
+from uqa.params import PARAMS_FILE, DataParams, Params
 from uqa.schema import check_schema, conform
 
 log = logging.getLogger(__name__)
@@ -28,28 +33,8 @@ log = logging.getLogger(__name__)
 SPLITS = layout.SPLITS
 OUT_DIR = layout.RAW_DIR
 REPORT = layout.report("download")
-FINGERPRINT = layout.SOURCE_FINGERPRINT  # written by the `source` stage (tasks/source.py)
 
 BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files_for(spec: Any, where: str) -> list[str]:
-    patterns = [spec] if isinstance(spec, str) else list(spec or [])
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(glob.glob(str(Path(str(pattern)).expanduser())))
-        if not matched:
-            raise UserError(f"{where}: no file matches {pattern!r}")
-        files.extend(matched)
-    return files
 
 
 def _load_split_files(split: str, files: list[str]):
@@ -68,65 +53,10 @@ def _load_split_files(split: str, files: list[str]):
             part = datasets.load_dataset(builder, data_files={split: [f]}, split=split,
                                          download_mode="force_redownload", verification_mode="no_checks")
         except Exception as exc:
-            first = (str(exc).splitlines() or [""])[0][:300]
-            raise DataError(f"{f}: could not be read as {builder}: {type(exc).__name__}: {first}") from None
+            raise DataError(f"{f}: could not be read as {builder}: {type(exc).__name__}: {first_line(exc)}") from None
         check_schema(part.data.table.schema, f)
         parts.append(datasets.Dataset(conform(part.data.table)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def _directory_files(path: Path) -> dict[str, list[str]]:
-    """The data files `datasets` picks for each split of a local dataset directory (absolute paths)."""
-    import datasets
-
-    try:
-        builder = datasets.load_dataset_builder(str(path))
-    except Exception as exc:
-        raise DataError(f"{path}: not a dataset directory datasets can read: {type(exc).__name__}: {exc}") from None
-    data_files = builder.config.data_files or {}
-    files = {str(split): [str(f) for f in fs] for split, fs in data_files.items()}
-    missing = [s for s in SPLITS if s not in files]
-    if missing:
-        raise DataError(f"{path}: found splits {', '.join(files) or 'none'}, missing {', '.join(missing)}")
-    return {s: files[s] for s in SPLITS}
-
-
-def _as_given(file: str, directory: Path) -> str:
-    """`file` (absolute, as datasets lists it) under `directory`, spelled from the directory as given."""
-    for base in (os.path.abspath(directory), os.path.realpath(directory)):
-        rel = os.path.relpath(file, base)
-        if not rel.startswith(".."):
-            return os.path.join(str(directory), rel)
-    return file
-
-
-def source_files(source: Any) -> tuple[str, dict[str, list[str]]] | None:
-    """("files" or "directory", {split: [file, ...]}) for a local source, paths as given (relative
-    ones stay relative); None for a hub dataset id. Raises UserError for a source that can't be one."""
-    if isinstance(source, dict):
-        missing = [s for s in SPLITS if s not in source]
-        if missing:
-            raise UserError(f"data.source: give files for the splits {', '.join(SPLITS)} (missing: {', '.join(missing)})")
-        return "files", {s: _files_for(source[s], f"data.source.{s}") for s in SPLITS}
-    if not isinstance(source, str) or not source:
-        raise UserError(f"data.source: expected a hub id, a directory or {{split: files}}, got {source!r}")
-    path = Path(source).expanduser()
-    if path.is_file():
-        raise UserError(
-            f"data.source: {source!r} is a single file; give one per split, e.g. "
-            f"{{train: {source}, validation: path/to/validation{path.suffix}}}"
-        )
-    if path.is_dir():
-        return "directory", {s: [_as_given(f, path) for f in fs] for s, fs in _directory_files(path).items()}
-    if looks_local(source):
-        raise UserError(f"data.source: {source!r} does not exist")
-    return None
-
-
-def file_fingerprints(files: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
-    """{split: [{path, size, sha256}, ...]}: every file that will be read, by content."""
-    return {s: [{"path": f, "size": os.path.getsize(f), "sha256": sha256_file(f)} for f in fs]
-            for s, fs in files.items()}
 
 
 def _check_unchanged(expected: dict[str, Any], actual: dict[str, Any]) -> None:
@@ -172,16 +102,15 @@ def load_source(params: DataParams, fingerprint: dict[str, Any] | None = None):
         check_schema(ds[split].data.table.schema, f"{source} [{split}]")
         out[split] = datasets.Dataset(conform(ds[split].data.table))
     provenance = {"kind": "hub", "revision": params.revision,
-                  "resolved_revision": resolved or _hub_sha(source, params.revision)}
+                  "resolved_revision": resolved or _resolved_now(source, params.revision)}
     return out, provenance
 
 
-def _hub_sha(repo_id: str, revision: str | None) -> str | None:
+def _resolved_now(repo_id: str, revision: str | None) -> str | None:
+    """The commit of data loaded without a fingerprint: provenance is best effort, the data loaded."""
     try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(repo_id, revision=revision).sha
-    except Exception:  # provenance is best effort: the data itself already loaded
+        return resolve_hub_sha(repo_id, revision)
+    except (HubUnreachable, UserError):
         return None
 
 
@@ -202,10 +131,8 @@ def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = RE
     return record
 
 
-def run(params: Params, params_file: str = "params.yaml") -> Any:
+def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
-    from tasks.source import current_fingerprint
-
     return download(params.data, fingerprint=current_fingerprint(params.data, FINGERPRINT))
 
 

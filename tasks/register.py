@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout, lineage, retention
-from uqa.atomic import atomic_dir, atomic_write_json, read_json
+from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, UserError
 from uqa.gate import decide, regate_pending, verify_pending_version
 from uqa.hub_push import hub_done, push_and_record
+from uqa.inference_settings import INFERENCE_FILE, registry_settings, weights_sha256
+from uqa.jsonfile import read_json
 from uqa.model_card import model_card
 from uqa.params import Params
-from uqa.predict import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)

@@ -33,27 +33,22 @@ report except timings). A script that calls `tokenize_splits` with num_proc > 1 
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import logging
-import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from uqa import layout
+from uqa.arrow_shards import ArrowSource, column_values, read_rows, write_dataset_files
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import UserError
-from uqa.features import EncodedPairs, Labels, PairTemplate, Windows, encode_stream, prepare_backend
-from uqa.params import Params
+from uqa.features import PairTemplate, prepare_backend
+from uqa.params import PARAMS_FILE, Params
+from uqa.tokenize_passes import COUNTS, SPILL, Runner, Tokenizing, Windowing, make_chunks, split_report
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +60,6 @@ REPORT = layout.report("tokenize")
 
 # examples per chunk (= per shard): ~35k windows of real UQA, ~0.1-0.2 GB of working memory
 CHUNK_ROWS = 32_768
-TASK_CHUNKS = 2  # chunks per worker task in the tokenizer pass (num_proc > 1)
-SPILL = ".spill"  # per split, inside its temporary output directory: gone before the rename
-WRITER_BATCH_ROWS = 1000  # rows per Arrow record batch in a shard (datasets' save_to_disk default)
 
 
 def get_tokenizer(params: Params, train_texts=None):
@@ -88,389 +80,15 @@ def first_row_per_id(ids: list[str]) -> np.ndarray:
     return np.sort(first)
 
 
-def _list_array(values: np.ndarray, row_splits: np.ndarray) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(row_splits.astype(np.int32)), pa.array(values))
-
-
-def features_table(windows: Windows, labels: Labels, extra: dict[str, pa.Array] | None = None,
-                   ids_type: np.dtype | type | None = None) -> pa.Table:
-    """Unpadded features; the narrowest integer types that hold them (a 32k vocabulary fits uint16).
-
-    `ids_type` fixes the input_ids type (the stage decides it once per split, so that every shard
-    has the same schema); None = uint16 when these windows' ids fit, else int32."""
-    ids = windows.input_ids
-    if ids_type is not None:
-        ids = ids.astype(ids_type)
-    elif len(ids) == 0 or int(ids.max()) < 2**16:
-        ids = ids.astype(np.uint16)
-    cols: dict[str, pa.Array] = {"input_ids": _list_array(ids, windows.row_splits)}
-    if windows.token_type_ids is not None:
-        cols["token_type_ids"] = _list_array(windows.token_type_ids, windows.row_splits)
-    cols["start_positions"] = pa.array(labels.start_positions.astype(np.int16))  # < 512
-    cols["end_positions"] = pa.array(labels.end_positions.astype(np.int16))
-    cols.update(extra or {})
-    return pa.table(cols)
-
-
-_COUNTS = ("examples", "answerable_examples", "features", "features_with_answer", "tokens",
-           "answers_lost_to_truncation", "label_span_text_exact", "labelled_examples")
-
-
-def split_counts(windows: Windows, labels: Labels, contexts: list[str], answers: list[str],
-                 answerable: np.ndarray) -> dict[str, int]:
-    """The report's counts for some examples and all of their windows (they add up over chunks)."""
-    n_examples = len(contexts)
-    labelled_examples = np.zeros(n_examples, dtype=bool)
-    labelled_examples[windows.window_to_example[labels.has_answer]] = True
-    # exact-text rate of the label spans: the first labelled window of each answerable example
-    win = np.flatnonzero(labels.has_answer)
-    ex = windows.window_to_example[win]
-    _, first = np.unique(ex, return_index=True)
-    win, ex = win[first], ex[first]
-    cs, ce = labels.start_char[win], labels.end_char[win]
-    # stripped: a Metaspace piece's offsets may include the space before the word
-    exact = sum(contexts[e][s:t].strip() == answers[e]
-                for e, s, t in zip(ex.tolist(), cs.tolist(), ce.tolist(), strict=True))
-    return {
-        "examples": n_examples,
-        "answerable_examples": int(answerable.sum()),
-        "features": windows.n_windows,
-        "features_with_answer": int(labels.has_answer.sum()),
-        "tokens": int(len(windows.input_ids)),
-        "answers_lost_to_truncation": int((answerable & ~labelled_examples).sum()),
-        "label_span_text_exact": int(exact),
-        "labelled_examples": int(len(win)),
-    }
-
-
-def split_report(counts: dict[str, int]) -> dict[str, Any]:
-    """The split's section of reports/tokenize.json from its summed counts."""
-    features = counts["features"]
-    return {
-        "examples": counts["examples"],
-        "answerable_examples": counts["answerable_examples"],
-        "features": features,
-        "features_with_answer": counts["features_with_answer"],
-        "tokens": counts["tokens"],
-        # = round(mean of the window lengths, 2): the sum of integers is exact in float64 either way
-        "mean_feature_length": round(counts["tokens"] / features, 2) if features else 0.0,
-        "answers_lost_to_truncation": counts["answers_lost_to_truncation"],
-        "label_span_text_exact": counts["label_span_text_exact"],
-        "label_span_text_exact_fraction": round(counts["label_span_text_exact"]
-                                                / max(1, counts["labelled_examples"]), 6),
-    }
-
-
-def split_stats(windows: Windows, labels: Labels, contexts: list[str], answers: list[str],
-                starts: np.ndarray, answerable: np.ndarray) -> dict[str, Any]:
-    return split_report(split_counts(windows, labels, contexts, answers, answerable))
-
-
-# ---------------------------------------------------------------------------------------------------
-# reading the filtered splits in bounded memory
-
-
-@dataclass(frozen=True)
-class _Source:
-    """A filtered split as save_to_disk wrote it: its Arrow files (IPC streams), in order."""
-
-    path: Path
-    files: tuple[str, ...]
-    num_rows: int
-
-    @classmethod
-    def open(cls, path: Path) -> _Source:
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        if ds._indices is not None:  # save_to_disk writes the selected rows, never an indices mapping
-            raise UserError(f"{path}: a dataset with an indices mapping; write it with save_to_disk")
-        files = tuple(c["filename"] for c in ds.cache_files)
-        n = ds.num_rows
-        del ds
-        return cls(Path(path), files, n)
-
-
-def read_rows(files: tuple[str, ...], start: int, stop: int, take: np.ndarray | None,
-              columns: tuple[str, ...]) -> dict[str, Any]:
-    """Columns of rows start..stop-1 (or of the rows `take`, within that range) as Python lists
-    (strings) and numpy arrays (numbers), copied out of a memory map that is closed again: the
-    pages read do not stay in the resident set. `answer` also gives `answer_chars` (code points)."""
-    batches: list[pa.RecordBatch] = []
-    offset = 0
-    schema = None
-    for path in files:
-        if offset >= stop:
-            break
-        with pa.memory_map(path) as source:
-            reader = pa.ipc.open_stream(source)
-            schema = reader.schema
-            for batch in reader:  # zero-copy: skipping a batch reads only its metadata
-                n = batch.num_rows
-                if offset + n > start and offset < stop:
-                    lo = max(start - offset, 0)
-                    batches.append(batch.slice(lo, min(stop - offset, n) - lo).select(list(columns)))
-                offset += n
-                if offset >= stop:
-                    break
-    if not batches:
-        schema = pa.schema([schema.field(name) for name in columns])
-    table = pa.Table.from_batches(batches, schema=None if batches else schema)
-    if take is not None:
-        table = table.take(pa.array(np.asarray(take, dtype=np.int64) - start))
-    out: dict[str, Any] = {}
-    for name in columns:
-        col = table.column(name)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            out[name] = col.to_pylist()
-        else:
-            out[name] = np.array(col.to_numpy(zero_copy_only=False), copy=True)
-        if name == "answer":
-            out["answer_chars"] = np.array(pc.utf8_length(col).to_numpy(zero_copy_only=False), copy=True)
-    del table, batches
-    return out
-
-
-def _texts(source: _Source, column: str, chunk_rows: int):
-    for a in range(0, source.num_rows, chunk_rows):
-        yield from read_rows(source.files, a, min(source.num_rows, a + chunk_rows), None, (column,))[column]
-
-
-# ---------------------------------------------------------------------------------------------------
-# the two passes, one chunk at a time (in this process, or in worker processes)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    split: str
-    index: int
-    count: int  # chunks in the split
-    files: tuple[str, ...]
-    start: int  # input rows start..stop-1 hold the chunk's examples
-    stop: int
-    take: np.ndarray | None  # the examples' input rows, when not all of start..stop-1 (validation)
-    spill: str
-    shard: str
-
-
-@dataclass(frozen=True)
-class _Tokenizing:
-    """What every chunk needs: the tokenizer (no padding, no truncation) and its pair template."""
-
-    backend: Any
-    template: PairTemplate
-    with_type_ids: bool
-
-
-@dataclass(frozen=True)
-class _Windowing:
-    max_seq_length: int
-    stride: int
-    ids_type: dict[str, str]  # split -> numpy dtype name of input_ids
-
-
-def _tokenize_chunks(chunks: list[_Chunk], tok: _Tokenizing) -> list[dict[str, Any]]:
-    """Pass 1: tokenize each chunk's questions and distinct contexts (one tokenizer pipeline through
-    all the chunks given); the tokens to the chunk's spill file, its longest pair / question back."""
-    def pairs():
-        for chunk in chunks:
-            rows = read_rows(chunk.files, chunk.start, chunk.stop, chunk.take, ("question", "context"))
-            yield rows["question"], rows["context"]
-
-    out = []
-    for chunk, encoded in zip(chunks, encode_stream(tok.backend, tok.template, pairs(), tok.with_type_ids),
-                              strict=True):
-        encoded.save(chunk.spill)
-        out.append({
-            "longest": int(encoded.lengths.max()),
-            "longest_question": int(encoded.questions.lengths.max()),
-            "max_id": encoded.max_token_id(),
-        })
-        del encoded
-    return out
-
-
-def _feature_chunk(chunk: _Chunk, win: _Windowing, tok: _Tokenizing) -> dict[str, Any]:
-    """Pass 2: the chunk's windows and labels from its spilled tokens; one shard; partial counts."""
-    seconds: dict[str, float] = {}
-    last = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        seconds[name] = seconds.get(name, 0.0) + now - last
-        last = now
-
-    validation = chunk.split == "validation"
-    columns = ("context", "answer", "answer_start", "is_impossible") + (("id",) if validation else ())
-    c = read_rows(chunk.files, chunk.start, chunk.stop, chunk.take, columns)
-    encoded = EncodedPairs.load(chunk.spill, tok.template, tok.with_type_ids)
-    os.unlink(chunk.spill)
-    layout = encoded.layout(win.max_seq_length, win.stride)
-    # train stores no offsets: its labels come from the contexts' offsets, not the windows'
-    windows = encoded.assemble(layout, with_offsets=validation)
-    lap("assemble_windows")
-    starts = c["answer_start"].astype(np.int64)
-    ends = starts + c["answer_chars"]
-    answerable = ~c["is_impossible"].astype(bool)
-    starts = np.where(answerable, starts, -1)
-    labels = encoded.labels(layout, starts, ends, cls_index=0)
-    lap("labels")
-    extra = None
-    if validation:
-        wte = windows.window_to_example
-        extra = {
-            # row of data/filtered/validation the window belongs to
-            "example_index": pa.array(np.asarray(chunk.take)[wte].astype(np.int32)),
-            "example_id": pa.array([c["id"][i] for i in wte.tolist()], type=pa.string()),
-            "offset_start": _list_array(windows.char_start, windows.row_splits),
-            "offset_end": _list_array(windows.char_end, windows.row_splits),
-        }
-    ids_type = np.dtype(win.ids_type[chunk.split])
-    if len(windows.input_ids) and int(windows.input_ids.max()) > np.iinfo(ids_type).max:  # cannot happen
-        raise AssertionError(f"{chunk.split} chunk {chunk.index}: a token id does not fit {ids_type}")
-    table = features_table(windows, labels, extra, ids_type)
-    features, digest = _write_shard(table, chunk.shard)
-    lap("write")
-    counts = split_counts(windows, labels, c["context"], c["answer"], answerable)
-    lap("stats")
-    return {"counts": counts, "features": features, "digest": digest, "seconds": seconds}
-
-
-def _write_shard(table: pa.Table, path: str) -> tuple[dict, str]:
-    """One shard as Dataset.save_to_disk writes one (datasets' ArrowWriter: the features in the
-    schema metadata, record batches of 1000 rows); (its features, a hash of its bytes)."""
-    import xxhash
-    from datasets import Features
-    from datasets.arrow_writer import ArrowWriter
-
-    features = Features.from_arrow_schema(table.schema)
-    writer = ArrowWriter(features=features, path=path, embed_local_files=True)
-    try:
-        for start in range(0, max(1, table.num_rows), WRITER_BATCH_ROWS):
-            writer.write_table(table.slice(start, WRITER_BATCH_ROWS))
-        writer.finalize()
-    finally:
-        writer.close()
-    h = xxhash.xxh64()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return features.to_dict(), h.hexdigest()
-
-
-def _write_dataset_files(directory: Path, count: int, features: dict, digests: list[str]) -> None:
-    """state.json and dataset_info.json of a save_to_disk directory with `count` shards."""
-    from datasets import DatasetInfo, Features
-    from datasets.utils.py_utils import asdict
-
-    state = {
-        "_data_files": [{"filename": f"data-{k:05d}-of-{count:05d}.arrow"} for k in range(count)],
-        # from the shards' bytes: the same features give the same fingerprint (DVC sees no change)
-        "_fingerprint": _combine(digests),
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    (directory / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    info = asdict(DatasetInfo(features=Features.from_dict(features)))
-    (directory / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2),
-                                                 encoding="utf-8")
-
-
-def _combine(digests: list[str]) -> str:
-    import xxhash
-
-    return xxhash.xxh64("".join(digests).encode()).hexdigest()
-
-
-# worker processes (tokenize.num_proc > 1): the tokenizer arrives once, as JSON, in the initializer
-_WORKER: dict[str, _Tokenizing] = {}
-
-
-def _init_worker(tokenizer_json: str, template: PairTemplate, with_type_ids: bool, threads: int) -> None:
-    from uqa.procs import die_with_parent
-
-    die_with_parent()  # a SIGKILLed stage takes its workers with it
-    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # the tokenizer's threads: cores / workers
-    from tokenizers import Tokenizer
-
-    _WORKER["tok"] = _Tokenizing(Tokenizer.from_str(tokenizer_json), template, with_type_ids)
-
-
-def _tokenize_in_worker(chunks: list[_Chunk]):
-    return _tokenize_chunks(chunks, _WORKER["tok"])
-
-
-def _feature_in_worker(chunk: _Chunk, win: _Windowing):
-    return _feature_chunk(chunk, win, _WORKER["tok"])
-
-
-class _Runner:
-    """Runs a pass over chunks here (num_proc 1) or in a pool of spawned processes; results in order."""
-
-    def __init__(self, tok: _Tokenizing, num_proc: int) -> None:
-        self.tok = tok
-        self.pool: ProcessPoolExecutor | None = None
-        if num_proc > 1:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // num_proc)
-            self.pool = ProcessPoolExecutor(
-                max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(tok.backend.to_str(), tok.template, tok.with_type_ids, threads))
-
-    def tokenize(self, chunks: list[_Chunk]) -> list[dict[str, Any]]:
-        if self.pool is None:
-            return _tokenize_chunks(chunks, self.tok)
-        # a few consecutive chunks per task: one tokenizer pipeline through them
-        groups = [chunks[a : a + TASK_CHUNKS] for a in range(0, len(chunks), TASK_CHUNKS)]
-        return [r for done in self.pool.map(_tokenize_in_worker, groups) for r in done]
-
-    def features(self, chunks: list[_Chunk], win: _Windowing) -> list[dict[str, Any]]:
-        if self.pool is None:
-            return [_feature_chunk(c, win, self.tok) for c in chunks]
-        return list(self.pool.map(functools.partial(_feature_in_worker, win=win), chunks))
-
-    def close(self, failed: bool) -> None:
-        if self.pool is None:
-            return
-        if failed:  # do not wait for the other chunks: stop the workers now
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
-                proc.kill()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _chunks(split: str, source: _Source, rows: np.ndarray | None, n_rows: int, chunk_rows: int,
-            tmp: Path) -> list[_Chunk]:
-    count = -(-n_rows // chunk_rows)
-    out = []
-    for k in range(count):
-        a, b = k * chunk_rows, min(n_rows, (k + 1) * chunk_rows)
-        take = None if rows is None else rows[a:b]
-        start, stop = (a, b) if take is None else (int(take[0]), int(take[-1]) + 1)
-        out.append(_Chunk(split, k, count, source.files, start, stop, take, str(tmp / SPILL / f"{k:05d}.npz"),
-                          str(tmp / f"data-{k:05d}-of-{count:05d}.arrow")))
-    return out
-
-
 def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR,
                     report_path: Path = REPORT, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
     clock = _Clock()
     sources, kept, n_rows = _open_splits(Path(in_dir))
     train = sources["train"]
-    texts = itertools.chain(_texts(train, "question", chunk_rows), _texts(train, "context", chunk_rows))
+    texts = itertools.chain(column_values(train, "question", chunk_rows), column_values(train, "context", chunk_rows))
     clock.lap("read")
     tokenizer = get_tokenizer(params, texts)
     clock.lap("load_tokenizer")
-    backend = prepare_backend(tokenizer.backend_tokenizer)
-    tok = _Tokenizing(backend, PairTemplate.of(backend), "token_type_ids" in tokenizer.model_input_names)
-    from uqa.modeling import sequence_limit
-
-    limit = sequence_limit(params.model, tokenizer)
-    report: dict[str, Any] = {}
     # both splits' temporary directories at once: the spill files live in them, and a failure
     # anywhere leaves the previous outputs in place; train is renamed first, as before
     with atomic_dir(Path(out_dir) / "validation") as val_tmp, atomic_dir(Path(out_dir) / "train") as train_tmp:
@@ -478,27 +96,8 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
         chunks = {}
         for s in SPLITS:
             (tmp[s] / SPILL).mkdir()
-            chunks[s] = _chunks(s, sources[s], kept[s], n_rows[s], chunk_rows, tmp[s])
-        every = chunks["train"] + chunks["validation"]
-        n_train = len(chunks["train"])
-        runner = _Runner(tok, max(1, min(params.tokenize.num_proc, len(every))))
-        failed = True
-        try:
-            # pass 1: every question and every distinct context, once; lengths kept, tokens spilled
-            firsts = runner.tokenize(every)
-            clock.lap("tokenize_texts")
-            report.update(_window_size(params, firsts, limit, tok.template.n_special))
-            report.update(tokenizer=params.model.tokenizer_source or "trained on train split",
-                          vocab_size=len(tokenizer))
-            by_split = {"train": firsts[:n_train], "validation": firsts[n_train:]}
-            ids_type = {s: "uint16" if max(f["max_id"] for f in by_split[s]) < 2**16 else "int32" for s in SPLITS}
-            # pass 2: windows, labels and one shard per chunk
-            results = runner.features(every, _Windowing(report["max_seq_length"], report["stride"], ids_type))
-            failed = False
-        finally:
-            runner.close(failed)
-        clock.add_chunk_times(results)
-        done = {"train": results[:n_train], "validation": results[n_train:]}
+            chunks[s] = make_chunks(s, sources[s], kept[s], n_rows[s], chunk_rows, tmp[s])
+        report, done = _two_passes(params, tokenizer, chunks, clock)
         for s in SPLITS:
             report[s] = _finish_split(s, tmp[s], done[s])
         clock.lap("write")
@@ -510,10 +109,31 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     return report
 
 
-def _open_splits(in_dir: Path) -> tuple[dict[str, _Source], dict[str, np.ndarray | None], dict[str, int]]:
+def _two_passes(params: Params, tokenizer, chunks: dict[str, list], clock: _Clock) -> tuple[dict, dict]:
+    """Pass 1 over every chunk of both splits (tokens spilled; the window size follows from the
+    longest pair), then pass 2 (windows, labels, shards): (the report so far, each split's chunk results)."""
+    from uqa.modeling import sequence_limit
+
+    backend = prepare_backend(tokenizer.backend_tokenizer)
+    tok = Tokenizing(backend, PairTemplate.of(backend), "token_type_ids" in tokenizer.model_input_names)
+    every = chunks["train"] + chunks["validation"]
+    n_train = len(chunks["train"])
+    with Runner(tok, max(1, min(params.tokenize.num_proc, len(every)))) as runner:
+        firsts = runner.tokenize(every)
+        clock.lap("tokenize_texts")
+        report = _window_size(params, firsts, sequence_limit(params.model, tokenizer), tok.template.n_special)
+        report.update(tokenizer=params.model.tokenizer_source or "trained on train split", vocab_size=len(tokenizer))
+        by_split = {"train": firsts[:n_train], "validation": firsts[n_train:]}
+        ids_type = {s: "uint16" if max(f["max_id"] for f in by_split[s]) < 2**16 else "int32" for s in SPLITS}
+        results = runner.features(every, Windowing(report["max_seq_length"], report["stride"], ids_type))
+    clock.add_chunk_times(results)
+    return report, {"train": results[:n_train], "validation": results[n_train:]}
+
+
+def _open_splits(in_dir: Path) -> tuple[dict[str, ArrowSource], dict[str, np.ndarray | None], dict[str, int]]:
     """The filtered splits, the rows kept of each (validation: one example per question id, as UQA
     repeats ids with one row per reference answer; train: every row) and how many."""
-    sources = {s: _Source.open(in_dir / s) for s in SPLITS}
+    sources = {s: ArrowSource.open(in_dir / s) for s in SPLITS}
     val = sources["validation"]
     val_rows = first_row_per_id(read_rows(val.files, 0, val.num_rows, None, ("id",))["id"])
     kept: dict[str, np.ndarray | None] = {"train": None, "validation": val_rows}
@@ -553,8 +173,8 @@ def _finish_split(split: str, tmp: Path, done: list[dict[str, Any]]) -> dict[str
     features = [r["features"] for r in done]
     if any(f != features[0] for f in features):
         raise AssertionError(f"{split}: shards with different features: {features}")
-    _write_dataset_files(tmp, len(done), features[0], [r["digest"] for r in done])
-    report = split_report({k: sum(r["counts"][k] for r in done) for k in _COUNTS})
+    write_dataset_files(tmp, len(done), features[0], [r["digest"] for r in done])
+    report = split_report({k: sum(r["counts"][k] for r in done) for k in COUNTS})
     log.info("tokenize [%s]: %s (%d shards)", split, report, len(done))
     return report
 
@@ -579,7 +199,7 @@ class _Clock:
                 self.totals[k] = round(self.totals.get(k, 0.0) + v, 3)
 
 
-def run(params: Params, params_file: str = "params.yaml") -> Any:
+def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
     return tokenize_splits(params)
 

@@ -1,4 +1,4 @@
-"""Stage `train`: run the recipe (tasks/train_worker.py) in a child process (`accelerate launch` for
+"""Stage `train`: run the recipe (tasks/train_recipe.py) in a child process (`accelerate launch` for
 several) and supervise it.
 
 inputs:  data/tokenized/{train,validation,tokenizer}; params model, train
@@ -12,7 +12,6 @@ that started it, and the same command scales to several GPUs or machines (train.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,15 +20,18 @@ import sys
 import threading
 import time
 from collections import deque
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from tasks.train_worker import PARAMS_ENV, PROGRESS_PREFIX
+from tasks.train_recipe import PARAMS_ENV
 from uqa import layout
+from uqa.checkpoints import CHECKPOINT_DIR, complete_checkpoints
 from uqa.errors import UserError
+from uqa.jsonfile import read_json
 from uqa.params import PARAMS_FILE, LauncherParams, Params
 from uqa.procs import SUPERVISOR_ENV, die_with_parent, stop_tree, supervisor_token
+from uqa.progress import TerminalProgress, is_progress, parse_progress, progress_reporter
+from uqa.runtime import training_process_env
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,14 @@ class TrainingFailed(UserError):
 
 
 def launch_command(launcher: LauncherParams, params_file: str = PARAMS_FILE) -> list[str]:
-    """The command that runs the recipe: the worker itself for one process on one machine, else
+    """The command that runs the recipe: the recipe itself for one process on one machine, else
     `accelerate launch` with train.launcher (see README: several GPUs / machines)."""
-    worker = ["-m", "tasks.train_worker", "--params", params_file]
+    recipe = ["-m", "tasks.train_recipe", "--params", params_file]
     if _single_process(launcher):
         # `accelerate launch` would only set defaults the recipe sets itself, cost 4 s of imports and
         # export OMP_NUM_THREADS=1 (it sizes CPU threads only when told --cpu): half of a 2-core
         # machine sat idle and the demo trained 1.5x slower
-        return [sys.executable, *worker]
+        return [sys.executable, *recipe]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if launcher.config_file:
         cmd += ["--config_file", launcher.config_file]
@@ -68,7 +70,7 @@ def launch_command(launcher: LauncherParams, params_file: str = PARAMS_FILE) -> 
             # each local rank gets its share of this machine's CPUs (accelerate's default is 1)
             cmd += ["--num_cpu_threads_per_process", str(cpu_threads_per_rank(launcher))]
     cmd += list(launcher.extra_args)
-    return cmd + worker
+    return cmd + recipe
 
 
 def _single_process(launcher: LauncherParams) -> bool:
@@ -90,6 +92,81 @@ def _hint(tail: list[str]) -> str:
 
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: the whole tree is gone well within 10 s
+TAIL_LINES = 40  # the log's last lines kept for the error message
+
+
+class _LogPump:
+    """Reads the training process's output on a thread: progress lines to `latest`, every other
+    line to the log file, our logger and a short tail for the error message."""
+
+    def __init__(self, proc: subprocess.Popen, log_fh) -> None:
+        self.proc, self.log_fh = proc, log_fh
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.latest: dict[str, Any] | None = None
+        self.shown: dict[str, Any] | None = None  # the record last handed to the progress display
+        self.writing = threading.Event()
+        self.writing.set()
+        self.thread = threading.Thread(target=self._pump, name="uqa-train-log", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if not self.writing.is_set():
+                break  # the supervisor has moved on and closed the log
+            if is_progress(line):
+                self.latest = parse_progress(line) or self.latest
+                continue
+            self.log_fh.write(line)
+            self.log_fh.flush()
+            self.tail.append(line.rstrip())
+            log.info("train | %s", line.rstrip())
+
+    def stop(self) -> None:
+        self.thread.join(5)
+        self.writing.clear()
+
+
+def _spawn(cmd: list[str], log_fh, env: dict[str, str] | None) -> subprocess.Popen:
+    """The launcher in its own session (the terminal's Ctrl-C reaches us, and we stop the tree), with
+    a parent-death signal; the ranks watch $UQA_SUPERVISOR."""
+    env = dict(os.environ if env is None else env)
+    env[SUPERVISOR_ENV] = supervisor_token()
+    log_fh.write("$ " + " ".join(cmd) + "\n")
+    log_fh.flush()
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True, env=env, preexec_fn=die_with_parent)
+
+
+def _wait(proc: subprocess.Popen, pump: _LogPump, timeout_s: float | None, show) -> bool:
+    """Wait for the process, showing its progress (from this thread: it has the run context);
+    True when the timeout ended the wait."""
+    deadline = None if not timeout_s else time.monotonic() + timeout_s
+    while proc.poll() is None:
+        if deadline is not None and time.monotonic() > deadline:
+            return True
+        if pump.latest is not pump.shown:
+            pump.shown = pump.latest
+            show(pump.shown)
+        time.sleep(0.2)
+    return False
+
+
+def _failure(returncode: int, timed_out: bool, timeout_s: float | None, tail: list[str],
+             log_file: Path) -> TrainingFailed | None:
+    """What went wrong, as one message: the timeout, the recipe's own `error:` line (bad params or
+    inputs, not the launcher's traceback around it), or the exit status with the last lines."""
+    if timed_out:
+        return TrainingFailed(f"training exceeded train.timeout_minutes ({timeout_s / 60:g} min) and was stopped;"
+                              f"{_resume_hint()} Log: {log_file}")
+    if returncode == 0:
+        return None
+    errors = [line for line in tail if line.startswith("error: train: ")]
+    if errors:
+        return TrainingFailed(f"{errors[-1].removeprefix('error: train: ')} (full log: {log_file})")
+    last = "\n  ".join(tail[-15:])
+    return TrainingFailed(f"training process exited with status {returncode}.{_hint(tail)} "
+                          f"Full log: {log_file}. Last lines:\n  {last}")
 
 
 def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env: dict[str, str] | None = None) -> int:
@@ -99,49 +176,12 @@ def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env:
     here) the launcher and every rank are stopped before this returns or raises; if this process is
     SIGKILLed, the launcher (parent-death signal) and the ranks (they watch $UQA_SUPERVISOR) follow."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    tail: deque[str] = deque(maxlen=40)
-    latest: dict[str, Any] = {}
-    env = dict(os.environ if env is None else env)
-    env[SUPERVISOR_ENV] = supervisor_token()
-    writing = threading.Event()
-    writing.set()
+    reporter = progress_reporter.get() or TerminalProgress()
     with open(log_file, "w", encoding="utf-8") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            start_new_session=True, env=env, preexec_fn=die_with_parent,
-        )
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if not writing.is_set():
-                    break  # the supervisor has moved on and closed the log
-                if line.startswith(PROGRESS_PREFIX):
-                    with contextlib.suppress(ValueError):
-                        latest["progress"] = json.loads(line[len(PROGRESS_PREFIX):])
-                    continue
-                fh.write(line)
-                fh.flush()
-                tail.append(line.rstrip())
-                log.info("train | %s", line.rstrip())
-
-        reader = threading.Thread(target=pump, name="uqa-train-log", daemon=True)
-        reader.start()
-        deadline = None if not timeout_s else time.monotonic() + timeout_s
-        timed_out = False
-        reporter = progress_reporter.get() or TerminalProgress()
-        shown = None
+        proc = _spawn(cmd, fh, env)
+        pump = _LogPump(proc, fh)
         try:
-            while proc.poll() is None:
-                if deadline is not None and time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                if latest.get("progress") is not shown:  # reported from this thread: it has the run context
-                    shown = latest["progress"]
-                    reporter(shown)
-                time.sleep(0.2)
+            timed_out = _wait(proc, pump, timeout_s, reporter)
         except BaseException as exc:  # Ctrl-C, SIGTERM, Prefect's TerminationSignal/cancellation
             stopped = stop_tree(proc.pid, STOP_GRACE_S)
             log.error("train: interrupted (%s); stopped the training processes (%d);%s",
@@ -150,74 +190,17 @@ def run_supervised(cmd: list[str], log_file: Path, timeout_s: float | None, env:
         finally:
             stop_tree(proc.pid, STOP_GRACE_S)  # nothing may outlive the stage (timeout, stray ranks)
             proc.wait()
-            reader.join(5)
-            writing.clear()
-            if latest.get("progress") is not shown:
-                reporter(latest["progress"])
+            pump.stop()
+            if pump.latest is not pump.shown:
+                reporter(pump.latest)  # the last step, shown even when it came after the last poll
             reporter.close()
-    if timed_out:
-        raise TrainingFailed(
-            f"training exceeded train.timeout_minutes ({timeout_s / 60:g} min) and was stopped;"
-            f"{_resume_hint()} Log: {log_file}"
-        )
-    if proc.returncode != 0:
-        # the recipe reports bad params or inputs as one "error: ..." line; show that, not the
-        # launcher's traceback around it
-        errors = [line for line in tail if line.startswith("error: train: ")]
-        if errors:
-            raise TrainingFailed(f"{errors[-1].removeprefix('error: train: ')} (full log: {log_file})")
-        last = "\n  ".join(list(tail)[-15:])
-        raise TrainingFailed(
-            f"training process exited with status {proc.returncode}.{_hint(list(tail))} "
-            f"Full log: {log_file}. Last lines:\n  {last}"
-        )
+    failure = _failure(proc.returncode, timed_out, timeout_s, list(pump.tail), log_file)
+    if failure is not None:
+        raise failure
     return proc.returncode
 
 
-def describe_progress(p: dict[str, Any]) -> str:
-    """'step 120/300 (epoch 1.6), ETA 1m20s, loss 1.234' from a UQA_PROGRESS record."""
-    step, total, first = p.get("step", 0), p.get("total", 0), p.get("first_step", 0)
-    text = f"step {step}/{total} (epoch {p.get('epoch', 0):g})"
-    done = step - first
-    if 0 < done and step < total:
-        eta = (total - step) * p.get("elapsed_s", 0.0) / done
-        text += f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
-    if p.get("loss") is not None:
-        text += f", loss {p['loss']:.4g}"
-    return text
-
-
-class TerminalProgress:
-    """A progress bar on the terminal (only on one: a log file gets no bar)."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, p: dict[str, Any]) -> None:
-        if not sys.stderr.isatty():
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=p.get("total") or None, desc="train", unit="step", file=sys.stderr, leave=False)
-        self.bar.n = p.get("step", 0)
-        if p.get("loss") is not None:
-            self.bar.set_postfix(loss=f"{p['loss']:.4g}", epoch=p.get("epoch"), refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# who is told about training progress: the flow sets a reporter that also updates a Prefect
-# progress artifact (flows/pipeline.py); `dvc repro` gets the terminal bar
-progress_reporter: ContextVar[Any] = ContextVar("uqa_train_progress", default=None)
-
-
 def _resume_hint() -> str:
-    from tasks.train_worker import CHECKPOINT_DIR, complete_checkpoints
-
     ckpts = complete_checkpoints(CHECKPOINT_DIR)
     if ckpts:
         return f" the next run with the same params and data resumes from {ckpts[-1]}."
@@ -233,14 +216,13 @@ def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_F
     env = dict(os.environ)
     # the recipe gets exactly these params (params.yaml, or what a caller passed in), as JSON
     env[PARAMS_ENV] = json.dumps(params.to_dict())
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    training_process_env(env)
     log.info("train: %s", " ".join(cmd))
     run_supervised(cmd, log_file, timeout, env)
-    return json.loads(layout.report("train").read_text())
+    return read_json(layout.report("train"))
 
 
-def run(params: Params, params_file: str = "params.yaml") -> Any:
+def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
     return train(params, params_file)
 

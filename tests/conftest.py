@@ -38,6 +38,8 @@ os.environ.update(
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from uqa.server import free_port  # noqa: E402, F401 - the tests import it from here
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("UQA_SHARED", REPO.parent / "shared"))
 UQA_DIR = SHARED / "data" / "uqa"
@@ -141,42 +143,23 @@ def hub_sample_params(**sections) -> dict:
     return params
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real `prefect server start` on 127.0.0.1:<free port> with a temporary PREFECT_HOME; stopped after."""
-    import time
-    import urllib.request
+    from uqa.server import start_prefect_server, wait_until_healthy
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(_HOME / "prefect-server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # the UI asks /ui-settings for the API address: without these it says port 4200 whatever --port is
-        env=dict(os.environ, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
-                 PREFECT_UI_API_URL=url),
-    )
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"prefect server did not start: {(_HOME / 'prefect-server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    # the UI asks /ui-settings for the API address: without these it says port 4200 whatever --port is
+    proc = start_prefect_server(port, log, dict(os.environ, PREFECT_SERVER_API_HOST="127.0.0.1",
+                                                PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=url),
+                                minimal=False)
+    try:
+        wait_until_healthy(url, proc, 120, _HOME / "prefect-server.log")
+    except BaseException:
+        stop_process_group(proc)
+        raise
     from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 

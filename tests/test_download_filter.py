@@ -16,7 +16,8 @@ from conftest import UQA_DIR, UQA_HUB, needs_shared
 
 from tasks.download import download, load_source
 from tasks.filter import REASONS, check_row, filter_rows
-from tasks.source import check_source, current_fingerprint
+from tasks.source import check_source
+from uqa.data_source import current_fingerprint
 from uqa.errors import DataError, UserError
 from uqa.params import DataParams
 

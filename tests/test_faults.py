@@ -49,7 +49,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 
 
 def training(mark: str) -> bool:
-    return any("tasks.train_worker" in p for p in marked(mark))
+    return any("tasks.train_recipe" in p for p in marked(mark))
 
 
 def env_for(mark: str, **extra: str) -> dict[str, str]:
@@ -76,7 +76,7 @@ def assert_outputs_complete_or_absent(root: Path) -> None:
             assert len(datasets.load_from_disk(str(split_dir))) > 0, split_dir
     final = root / "models/final"
     if final.exists():
-        from tasks.train_worker import intact_file
+        from uqa.checkpoints import intact_file
 
         assert (final / "config.json").exists() and intact_file(final / "model.safetensors")
     for report in [*root.glob("reports/*.json"), *root.glob("metrics/*.json"), *root.glob("registry/*/index.json")]:

@@ -37,8 +37,8 @@ def test_shipped_params_are_the_seed_recipe():
 def test_shipped_params_are_the_schema_defaults():
     """One definition of each default: the schema's (uqa/params.py); params.yaml spells them out for
     the user and DVC, and predict falls back to them for a model without its settings."""
+    from uqa.inference_settings import DEFAULTS
     from uqa.modeling import HARD_CAP
-    from uqa.predict import DEFAULTS
 
     assert load_params(REPO / "params.yaml") == Params()
     d = Params()

@@ -1,6 +1,6 @@
 """`uqa predict` answers exactly as the evaluation scored: same windows, span search and threshold.
 
-The tiny demo model is trained by the train stage's own recipe (tasks/train_worker.run, which writes
+The tiny demo model is trained by the train stage's own recipe (tasks/train_recipe.run, which writes
 models/final/uqa_inference.json), evaluated by the evaluate stage, and then `python -m uqa_cli
 predict --model <project>/models/final` (a real subprocess, run from elsewhere) answers every
 validation question; every answer - text, character span, no-answer - must be evaluate's."""
@@ -25,15 +25,15 @@ from tasks.tokenize import tokenize_splits
 from uqa.atomic import atomic_write_json
 from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
-from uqa.params import deep_merge, params_from_dict
-from uqa.predict import (
+from uqa.inference_settings import (
     INFERENCE_FILE,
-    Predictor,
     registry_settings,
     resolve_settings,
     weights_sha256,
     window_settings,
 )
+from uqa.params import deep_merge, params_from_dict
+from uqa.predict import Predictor
 
 MODES = {
     "answerable": {},
@@ -44,7 +44,7 @@ MODES = {
 
 @pytest.fixture(scope="module", params=list(MODES))
 def project(request, tmp_path_factory):
-    from tasks.train_worker import run as train_recipe
+    from tasks.train_recipe import run as train_recipe
 
     root = tmp_path_factory.mktemp(request.param)
     p = params_from_dict(deep_merge(demo_tiny_params(epochs=2, logging_steps=50), MODES[request.param]))
@@ -52,7 +52,7 @@ def project(request, tmp_path_factory):
         download(p.data)
         filter_rows(p.data)
         tokenize_splits(p)
-        train_recipe(p)  # what `accelerate launch -m tasks.train_worker` runs, in this process
+        train_recipe(p)  # what `accelerate launch -m tasks.train_recipe` runs, in this process
         metrics = evaluate(p)
     return root, request.param, metrics
 

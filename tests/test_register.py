@@ -30,7 +30,7 @@ def _model(root: Path, seed: int) -> None:
 def _metrics(root: Path, f1: float, eval_set: str = "set-1", mode: str = "answerable-only",
              tune_fraction: float = 0.0) -> None:
     """metrics/eval.json as evaluate writes it for models/final: the weights it scored, the set it scored them on."""
-    from uqa.predict import weights_sha256
+    from uqa.inference_settings import weights_sha256
 
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "eval.json").write_text(json.dumps({

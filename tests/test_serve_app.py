@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from conftest import DEMO_SOURCE, DEMO_TINY_CONFIG
 
-from uqa.predict import INFERENCE_FILE, Predictor
+from uqa.inference_settings import INFERENCE_FILE
+from uqa.predict import Predictor
 from uqa.serving.answering import BatchAnswerer
 from uqa.serving.app import ServeSettings, create_app
 from uqa.serving.backends import load_served

@@ -35,7 +35,7 @@ def _train_and_register(root: Path, seed: int) -> dict:
     from tasks.filter import filter_rows
     from tasks.register import register
     from tasks.tokenize import tokenize_splits
-    from tasks.train_worker import run as train_recipe
+    from tasks.train_recipe import run as train_recipe
     from uqa.dvc_ops import working_dir
     from uqa.params import apply_overrides, load_params
 
@@ -46,7 +46,7 @@ def _train_and_register(root: Path, seed: int) -> dict:
         download(p.data)
         filter_rows(p.data)
         tokenize_splits(p)
-        train_recipe(p)  # what `accelerate launch -m tasks.train_worker` runs, in this process
+        train_recipe(p)  # what `accelerate launch -m tasks.train_recipe` runs, in this process
         evaluate(p)
         return register(p, root)
 

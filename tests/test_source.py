@@ -24,15 +24,9 @@ import pytest
 from conftest import DEMO_SOURCE, demo_tiny_params, free_port, run_ok
 
 from tasks.download import download
-from tasks.source import (
-    HubUnreachable,
-    check_source,
-    current_fingerprint,
-    hub_fingerprint,
-    resolve_hub_sha,
-    source_markdown,
-)
+from tasks.source import check_source, source_markdown
 from uqa.atomic import atomic_write_json
+from uqa.data_source import HubUnreachable, current_fingerprint, hub_fingerprint, resolve_hub_sha
 from uqa.errors import UserError
 from uqa.params import DataParams
 
@@ -95,6 +89,35 @@ def test_local_fingerprint_is_deterministic_with_paths_as_given(tmp_path, monkey
     pd.DataFrame([ROW]).to_parquet(tmp_path / "in" / "train-1.parquet", index=False)  # one row fewer
     check_source(params)
     assert Path("data/source.json").read_bytes() != first
+
+
+def test_unchanged_source_files_are_not_read_again_in_a_dvc_project(tmp_path, monkeypatch):
+    """The source stage runs on every `dvc repro`: a file whose stat is unchanged keeps its sha256
+    without being read; one rewritten with the same size and mtime (cp -p) is hashed again."""
+    import uqa.hashing
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    pd.DataFrame([ROW]).to_parquet(tmp_path / "train.parquet", index=False)
+    pd.DataFrame([ROW]).to_parquet(tmp_path / "val.parquet", index=False)
+    params = DataParams(source={"train": "train.parquet", "validation": "val.parquet"})
+    check_source(params)
+    first = Path("data/source.json").read_bytes()
+    read: list[str] = []
+    real = uqa.hashing.file_sha256
+    monkeypatch.setattr(uqa.hashing, "file_sha256", lambda path: read.append(str(path)) or real(path))
+
+    check_source(params)
+    assert read == [] and Path("data/source.json").read_bytes() == first
+
+    stat = (tmp_path / "train.parquet").stat()
+    pd.DataFrame([{**ROW, "id": "q9"}]).to_parquet(tmp_path / "train.parquet", index=False)
+    assert (tmp_path / "train.parquet").stat().st_size == stat.st_size  # same length: only the id differs
+    os.utime(tmp_path / "train.parquet", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    check_source(params)
+    assert read == ["train.parquet"]
+    assert json.loads(Path("data/source.json").read_text())["files"]["train"][0]["sha256"] == \
+        hashlib.sha256((tmp_path / "train.parquet").read_bytes()).hexdigest()
 
 
 def test_directory_fingerprint_lists_the_files_datasets_reads(tmp_path, monkeypatch):

@@ -9,14 +9,15 @@ import pytest
 from conftest import DEMO_SOURCE, demo_tiny_params
 
 from tasks.download import download
-from tasks.evaluate import evaluate, score_predictions, split_for_tuning
+from tasks.evaluate import evaluate
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from tasks.train_worker import make_trainer
 from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
 from uqa.params import deep_merge, params_from_dict
 from uqa.predict import Predictor
+from uqa.scoring import score_predictions, split_for_tuning
+from uqa.trainer import make_trainer
 
 DEMO = DEMO_SOURCE
 

@@ -217,9 +217,10 @@ def reference_tokenize_splits(params, in_dir, tokenizer_dir):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tasks.tokenize import SPLITS, features_table, get_tokenizer, split_stats
+    from tasks.tokenize import SPLITS, get_tokenizer
     from uqa.features import encode_pairs
     from uqa.modeling import sequence_limit
+    from uqa.tokenize_passes import features_table, split_stats
 
     tables = {s: datasets.load_from_disk(str(in_dir / s)).data.table for s in SPLITS}
     val_rows = first_row_per_id(tables["validation"].column("id").to_pylist())
@@ -282,8 +283,8 @@ def assert_same_as_reference(out_dir, report, reference, chunk_rows):
     multi-shard save_to_disk directory that the train and evaluate stages read as before."""
     import pyarrow.compute as pc
 
-    from tasks.train_worker import feature_lengths
     from uqa.features import windows_from_table
+    from uqa.trainer import feature_lengths
 
     tables, ref_report = reference
     assert {k: v for k, v in report.items() if k != "seconds"} == ref_report

@@ -14,9 +14,10 @@ from conftest import demo_tiny_params
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from tasks.train_worker import complete_checkpoints, make_trainer, prepare_checkpoint_dir, resolve_precision
+from uqa.checkpoints import complete_checkpoints, prepare_checkpoint_dir
 from uqa.dvc_ops import working_dir
 from uqa.params import deep_merge, params_from_dict
+from uqa.trainer import make_trainer, resolve_precision
 
 
 def tiny_params(**train):
@@ -178,10 +179,10 @@ def test_launch_command(monkeypatch):
     from tasks.train import launch_command
     from uqa.params import LauncherParams
 
-    assert launch_command(LauncherParams()) == [sys.executable, "-m", "tasks.train_worker", "--params", "params.yaml"]
+    assert launch_command(LauncherParams()) == [sys.executable, "-m", "tasks.train_recipe", "--params", "params.yaml"]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cmd = launch_command(LauncherParams(num_processes=2, main_process_port=29517))
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "tasks.train_worker", "--params",
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "tasks.train_recipe", "--params",
                                                                             "params.yaml"]
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(share)
@@ -214,7 +215,7 @@ def test_one_process_trains_on_every_cpu(tokenized, tmp_path, monkeypatch):
     assert report["world_size"] == 1 and report["global_step"] == 2
     assert report["cpu_threads_per_process"] == default
     first_line = (project / "reports" / "train.log").read_text().splitlines()[0]
-    assert first_line == f"$ {sys.executable} -m tasks.train_worker --params params.yaml"
+    assert first_line == f"$ {sys.executable} -m tasks.train_recipe --params params.yaml"
 
 
 def test_training_timeout_kills_the_process_group(tmp_path):

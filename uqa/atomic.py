@@ -174,9 +174,3 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON report, or {} when the stage that writes it has not run."""
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

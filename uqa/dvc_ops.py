@@ -7,7 +7,6 @@ outs match dvc.lock); if not, it calls the stage function and records the result
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -18,11 +17,10 @@ from typing import Any
 
 from uqa.atomic import atomic_write_json
 from uqa.errors import UserError
+from uqa.jsonfile import read_json
 from uqa.statefiles import guarded_commit, recover_lockfile
 
 log = logging.getLogger(__name__)
-
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 @contextlib.contextmanager
@@ -54,10 +52,7 @@ def describe_holder(root: Path) -> str:
         pid = int(lock_file.read_text().strip())
     except (OSError, ValueError):
         return f"unknown holder (see {lock_file})"
-    try:
-        info = json.loads((Path(root) / HOLDER_FILE).read_text())
-    except (OSError, ValueError):
-        info = {}
+    info = _read_holder(Path(root)) or {}
     if info.get("pid") == pid:
         return (f"{info.get('command')} (pid {pid} on {info.get('host')}, started {info.get('started')}"
                 + (f", flow run {info['flow_run']}" if info.get("flow_run") else "") + ")")
@@ -80,57 +75,63 @@ def locked_workspace(root: Path, wait_s: float = 0.0, command: str = "uqa run",
     The lock is an flock: the kernel releases it when its holder dies, however it dies, so a
     killed run never leaves a lock behind. Every DVC call of the run (dvc_status, dvc_commit, ...)
     goes through the Repo opened here."""
-    import socket
-
-    from dvc.lock import LockError
-    from dvc.repo import Repo, lock_repo
+    from dvc.repo import Repo
 
     root = Path(root).resolve()
+    with contextlib.ExitStack() as stack:  # left in reverse: forget the repo, holder file, lock, repo, cwd
+        stack.enter_context(working_dir(root))
+        repo = stack.enter_context(Repo(str(root)))
+        _take_repo_lock(stack, repo, root, wait_s)
+        _record_holder(root, command, flow_run)
+        stack.callback((root / HOLDER_FILE).unlink, missing_ok=True)
+        _HELD[root] = repo
+        stack.callback(_HELD.pop, root, None)
+        recover_lockfile(root)  # under the lock: a killed commit's dvc.lock restored, or one clear error
+        yield
+
+
+def _take_repo_lock(stack: contextlib.ExitStack, repo: Any, root: Path, wait_s: float) -> None:
+    """DVC's repo lock, held until `stack` closes; waits up to `wait_s` for another holder, saying who."""
+    from dvc.lock import LockError
+    from dvc.repo import lock_repo
+
     deadline = time.monotonic() + wait_s
     told = False
-    with working_dir(root):
-        repo = Repo(str(root))
+    while True:
         try:
-            while True:
-                holding = lock_repo(repo)
-                try:
-                    holding.__enter__()
-                    break
-                except LockError:
-                    holder = describe_holder(root)
-                    if time.monotonic() >= deadline:
-                        raise WorkspaceBusy(
-                            f"{root} is in use by another run: {holder}. This run was not started; "
-                            "wait for that one to finish (or pass a wait time, e.g. uqa run --wait 60)."
-                        ) from None
-                    if not told:
-                        log.warning("waiting up to %.0f s for the workspace lock, held by %s", wait_s, holder)
-                        told = True
-                    time.sleep(2)
-            stale = _read_holder(root)
-            if stale and stale.get("pid") != os.getpid():
-                log.warning("a previous run (%s, pid %s, started %s) ended without finishing; its lock was "
-                            "released when it died", stale.get("command"), stale.get("pid"), stale.get("started"))
-            atomic_write_json(root / HOLDER_FILE, {
-                "pid": os.getpid(), "host": socket.gethostname(), "command": command, "flow_run": flow_run,
-                "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            })
-            _HELD[root] = repo
-            try:
-                recover_lockfile(root)  # under the lock: a killed commit's dvc.lock restored, or one clear error
-                yield
-            finally:
-                _HELD.pop(root, None)
-                (root / HOLDER_FILE).unlink(missing_ok=True)
-                holding.__exit__(None, None, None)
-        finally:
-            repo.close()
+            stack.enter_context(lock_repo(repo))
+            return
+        except LockError:
+            holder = describe_holder(root)
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusy(
+                    f"{root} is in use by another run: {holder}. This run was not started; "
+                    "wait for that one to finish (or pass a wait time, e.g. uqa run --wait 60)."
+                ) from None
+            if not told:
+                log.warning("waiting up to %.0f s for the workspace lock, held by %s", wait_s, holder)
+                told = True
+            time.sleep(2)
+
+
+def _record_holder(root: Path, command: str, flow_run: str | None) -> None:
+    """Who holds the lock now (DVC's own lock file has only a pid); a run that died holding it is reported."""
+    import socket
+
+    stale = _read_holder(root)
+    if stale and stale.get("pid") != os.getpid():
+        log.warning("a previous run (%s, pid %s, started %s) ended without finishing; its lock was "
+                    "released when it died", stale.get("command"), stale.get("pid"), stale.get("started"))
+    atomic_write_json(root / HOLDER_FILE, {
+        "pid": os.getpid(), "host": socket.gethostname(), "command": command, "flow_run": flow_run,
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    })
 
 
 def _read_holder(root: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((root / HOLDER_FILE).read_text())
-    except (OSError, ValueError):
+        return read_json(root / HOLDER_FILE, missing=None)
+    except UserError:  # cut off by a kill: no holder to report
         return None
 
 

@@ -13,3 +13,12 @@ class DataError(UserError):
 
 class TransientError(UserError):
     """A failure that may go away by itself (network, hub outage): worth a retry."""
+
+
+ERROR_LINE_CHARS = 300  # how much of a library's error message goes into ours
+
+
+def first_line(error: BaseException | str, limit: int = ERROR_LINE_CHARS) -> str:
+    """The first line of an error message, cut to `limit` characters: a library's multi-line
+    message (a traceback, an HTTP body) becomes one line inside ours."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]

@@ -26,6 +26,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError
+from uqa.git import GIT_REMOTE, git
 from uqa.redact import strip_url_credentials
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,6 @@ def experiment_name(text: str) -> str:
     return name or "uqa-exp"
 
 
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise UserError(strip_url_credentials(
-            f"git {' '.join(args[:3])} failed in {cwd}: {(r.stderr or r.stdout).strip()}"))
-    return r.stdout
-
-
 def _dvc(cwd: Path, *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -60,7 +53,7 @@ def _workspace_changes(root: Path) -> list[tuple[str, str]]:
     """(git status, path) of tracked files changed and untracked files not ignored: what the worktree
     must get from the project to start from its current state (DVC outputs are ignored: they come
     from the cache)."""
-    out = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
+    out = git(root, "status", "--porcelain", "--untracked-files=all", "-z", strip=False)
     paths = []
     entries = out.split("\0")
     i = 0
@@ -116,25 +109,25 @@ def localize_paths(params: dict[str, Any], root: Path, worktree: Path) -> dict[s
 @contextlib.contextmanager
 def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
     """A git worktree of `root` in its current state, sharing its DVC cache; removed afterwards."""
-    from uqa.params import _plain, apply_overrides, read_raw
+    from uqa.params import PARAMS_FILE, apply_overrides, plain, read_raw
 
     root = Path(root).resolve()
     if not (root / ".git").exists():
         raise UserError(f"{root}: a run with overrides is recorded as a DVC experiment, which needs a git "
                         "repository with at least one commit (git init && git add -A && git commit)")
-    _git(root, "rev-parse", "--verify", "HEAD")
+    git(root, "rev-parse", "--verify", "HEAD")
     worktree = root / EXPS_DIR / name
     if worktree.exists():
-        _git(root, "worktree", "remove", "--force", str(worktree))
-    _git(root, "worktree", "prune")
+        git(root, "worktree", "remove", "--force", str(worktree))
+    git(root, "worktree", "prune")
     # a sweep's trial on another machine is a clone at the sweep's snapshot of the project's
     # workspace (`snapshot_commit`): the experiment starts from the commit the snapshot was taken on,
     # with the snapshot's changes, so its baseline is the project's HEAD and `dvc exp show` there lists it
     snapshot = is_snapshot(root, "HEAD")
     base = "HEAD^" if snapshot else "HEAD"
-    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), base)
+    git(root, "worktree", "add", "--detach", "--quiet", str(worktree), base)
     try:
-        changed = [("M", p) for p in _git(root, "diff", "--name-only", "-z", "HEAD^", "HEAD").split("\0") if p] \
+        changed = [("M", p) for p in git(root, "diff", "--name-only", "-z", "HEAD^", "HEAD", strip=False).split("\0") if p] \
             if snapshot else []
         # tracked changes and untracked DVC records only: an untracked .env is not copied, so never
         # saved into the experiment's commit, which `dvc exp push` sends to the git remote
@@ -151,16 +144,16 @@ def experiment_workspace(root: Path, name: str) -> Iterator[Path]:
         _dvc(worktree, "cache", "dir", "--local", cache_dir)
         with contextlib.suppress(UserError):  # outputs missing from the cache are simply produced again
             _dvc(worktree, "checkout", "--quiet")
-        fixes = localize_paths(_plain(read_raw(worktree / "params.yaml")), root, worktree)
+        fixes = localize_paths(plain(read_raw(worktree / PARAMS_FILE)), root, worktree)
         if fixes:
-            apply_overrides(worktree / "params.yaml", fixes)
+            apply_overrides(worktree / PARAMS_FILE, fixes)
         yield worktree
     finally:
         with contextlib.suppress(UserError):
-            _git(root, "worktree", "remove", "--force", str(worktree))
+            git(root, "worktree", "remove", "--force", str(worktree))
         shutil.rmtree(worktree, ignore_errors=True)
         with contextlib.suppress(UserError):
-            _git(root, "worktree", "prune")
+            git(root, "worktree", "prune")
 
 
 def save_experiment(worktree: Path, name: str, stages: list[str]) -> None:
@@ -183,7 +176,7 @@ def experiment_refs_lock(path: Path) -> Iterator[None]:
     refs ("unknown Git revision 'refs/exps/exec/EXEC_BASELINE'"), so they take turns."""
     import fcntl
 
-    common = Path(_git(path, "rev-parse", "--git-common-dir").strip())
+    common = Path(git(path, "rev-parse", "--git-common-dir"))
     common = common if common.is_absolute() else (path / common)
     with open(common / "uqa-exp-save.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -194,6 +187,8 @@ def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
     """{experiment name: {rev, params, metrics}} from `dvc exp show --json` in the project."""
     import json
 
+    from uqa.params import PARAMS_FILE
+
     with experiment_refs_lock(Path(root)):
         shown = json.loads(_dvc(Path(root), "exp", "show", "--json") or "[]")
     found = {}
@@ -203,7 +198,7 @@ def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
                 data = rev.get("data") or {}
                 found[rev.get("name") or exp.get("name")] = {
                     "rev": rev.get("rev"),
-                    "params": ((data.get("params") or {}).get("params.yaml") or {}).get("data", {}),
+                    "params": ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data", {}),
                     "metrics": ((data.get("metrics") or {}).get(str(layout.METRICS_FILE)) or {}).get("data", {}),
                 }
     return found
@@ -215,8 +210,8 @@ def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
     root = Path(root).resolve()
     worktree = root / EXPS_DIR / f"restore-{name}"
     if worktree.exists():
-        _git(root, "worktree", "remove", "--force", str(worktree))
-    _git(root, "worktree", "add", "--detach", "--quiet", str(worktree), rev)
+        git(root, "worktree", "remove", "--force", str(worktree))
+    git(root, "worktree", "add", "--detach", "--quiet", str(worktree), rev)
     try:
         cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
         _dvc(worktree, "cache", "dir", "--local", cache_dir)
@@ -224,12 +219,12 @@ def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
         yield worktree
     finally:
         with contextlib.suppress(UserError):
-            _git(root, "worktree", "remove", "--force", str(worktree))
+            git(root, "worktree", "remove", "--force", str(worktree))
         shutil.rmtree(worktree, ignore_errors=True)
 
 
 def is_snapshot(root: Path, rev: str) -> bool:
-    return SNAPSHOT_TRAILER in _git(root, "log", "-1", "--format=%B", rev)
+    return SNAPSHOT_TRAILER in git(root, "log", "-1", "--format=%B", rev)
 
 
 DVC_RECORD_NAMES = {"dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore"}
@@ -276,37 +271,36 @@ def snapshot_commit(root: Path, message: str) -> str:
     untracked = [path for status, path in _workspace_changes(root) if status == "??" and tracked(path)]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))  # the user's index is untouched
-        _git(root, "read-tree", "HEAD", env=env)
-        _git(root, "add", "-u", env=env)  # tracked files: changed and deleted
+        git(root, "read-tree", "HEAD", env=env)
+        git(root, "add", "-u", env=env)  # tracked files: changed and deleted
         for i in range(0, len(untracked), 100):
-            _git(root, "add", "--", *untracked[i:i + 100], env=env)
-        tree = _git(root, "write-tree", env=env).strip()
-        if tree == _git(root, "rev-parse", "HEAD^{tree}").strip():
-            return _git(root, "rev-parse", "HEAD").strip()
-        return _git(root, "commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}",
-                    env=env).strip()
+            git(root, "add", "--", *untracked[i:i + 100], env=env)
+        tree = git(root, "write-tree", env=env)
+        if tree == git(root, "rev-parse", "HEAD^{tree}"):
+            return git(root, "rev-parse", "HEAD")
+        return git(root, "commit-tree", tree, "-p", "HEAD", "-m", f"{message}\n\n{SNAPSHOT_TRAILER}", env=env)
 
 
 def remote_url(root: Path, git_remote: str) -> str:
     """The remote's URL without credentials (it is logged and handed to trials as a job variable): a
     trial's machine authenticates with its own (git credential helper, SSH key)."""
-    r = subprocess.run(["git", "remote", "get-url", git_remote], cwd=root, capture_output=True, text=True)
-    if r.returncode != 0:
+    try:
+        return strip_url_credentials(git(root, "remote", "get-url", git_remote))
+    except UserError:
         raise UserError(f"{root} has no git remote {git_remote!r} (git remote add {git_remote} URL): trials on "
-                        "other machines clone the project from it and push their experiments back to it")
-    return strip_url_credentials(r.stdout.strip())
+                        "other machines clone the project from it and push their experiments back to it") from None
 
 
 def publish_commit(root: Path, git_remote: str, sha: str, ref: str) -> None:
     """Push commit `sha` to `git_remote` as `ref` (not a branch: the user's branches are untouched)."""
-    _git(root, "push", "--quiet", "--force", git_remote, f"{sha}:{ref}")
+    git(root, "push", "--quiet", "--force", git_remote, f"{sha}:{ref}")
 
 
 def unpublish(root: Path, git_remote: str, ref: str) -> None:
-    _git(root, "push", "--quiet", git_remote, "--delete", ref)
+    git(root, "push", "--quiet", git_remote, "--delete", ref)
 
 
-def push_experiment(root: Path, name: str, git_remote: str = "origin") -> None:
+def push_experiment(root: Path, name: str, git_remote: str = GIT_REMOTE) -> None:
     """`dvc exp push`: the experiment's commit to the git remote, its outputs to the default DVC remote."""
     with experiment_refs_lock(Path(root)):
         _dvc(Path(root), "exp", "push", git_remote, name)

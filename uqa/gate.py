@@ -96,7 +96,7 @@ def decide(f1: float, min_f1: float, prod: str | None, prod_record: dict[str, An
 
 def verify_pending_version(registry: Any, entry: dict[str, Any]) -> None:
     """The version directory a pending record names holds its files and the very weights it names."""
-    from uqa.predict import weights_sha256
+    from uqa.inference_settings import weights_sha256
 
     version = entry["version"]
     vdir = registry.version_dir(version)

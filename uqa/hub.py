@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from uqa.errors import TransientError, UserError
+from uqa.errors import TransientError, UserError, first_line
 
 
 def looks_local(source: str) -> bool:
@@ -14,7 +14,7 @@ def looks_local(source: str) -> bool:
 
 def hub_error(what: str, source: str, exc: BaseException, param: str) -> UserError:
     text = f"{type(exc).__name__}: {exc}".strip()
-    first = text.splitlines()[0][:300]
+    first = first_line(text)
     if looks_local(source):
         return UserError(f"{what} {source!r}: could not be loaded from that local path ({first}). Check {param}.")
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or "offline" in text.lower()

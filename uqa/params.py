@@ -1,7 +1,8 @@
 """params.yaml: one section per stage, read into typed, validated, frozen dataclasses.
 
-The same file drives `dvc repro` (which records it in dvc.lock) and the Prefect flow (which writes
-its overrides into it first, as `dvc exp run -S` does, so that dvc.lock records what really ran).
+The same file drives `dvc repro` (which records it in dvc.lock) and the Prefect flow, which reads it as
+it is: a flow run with overrides is a DVC experiment in a worktree of its own, whose copy of params.yaml
+gets them (uqa/experiment.py); the project's params.yaml is never edited by a run.
 
 Each section is a pydantic dataclass (still a `dataclasses` dataclass: `asdict` and `fields` work),
 strict where YAML makes mistakes easy: a quoted number or boolean (`"2"`, `"false"`) is an error, not
@@ -250,7 +251,7 @@ def _schema() -> dict[str, Any]:
 
 
 def params_from_dict(raw: dict[str, Any] | None, where: str = PARAMS_FILE) -> Params:
-    raw = _plain(raw) if raw is not None else {}
+    raw = plain(raw) if raw is not None else {}
     try:
         return _adapter().validate_python(raw)
     except ValidationError as exc:
@@ -436,15 +437,15 @@ def read_raw(path: str | Path) -> Any:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    return params_from_dict(_plain(read_raw(path)), str(path))
+    return params_from_dict(plain(read_raw(path)), str(path))
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """ruamel's CommentedMap/Seq and scalar subclasses (ScalarFloat, quoted strings, ...) -> plain types."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if obj is None or type(obj) in (str, int, float, bool):
         return obj
     if isinstance(obj, bool) or type(obj).__name__ == "ScalarBoolean":  # ruamel's is an int subclass
@@ -503,7 +504,7 @@ def deep_merge(base: Any, update: dict[str, Any]) -> Any:
 def params_with_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | None) -> Params:
     """params.yaml with `overrides` laid over it, validated (the file is not written)."""
     path = Path(path)
-    merged = deep_merge(_plain(read_raw(path)), overrides_to_nested(overrides))
+    merged = deep_merge(plain(read_raw(path)), overrides_to_nested(overrides))
     return params_from_dict(merged, f"{path} (with overrides)")
 
 
@@ -515,10 +516,10 @@ def apply_overrides(path: str | Path, overrides: list[str] | dict[str, Any] | No
     raw = read_raw(path)
     nested = overrides_to_nested(overrides)
     if not nested:
-        return params_from_dict(_plain(raw), str(path)), False
+        return params_from_dict(plain(raw), str(path)), False
     merged = deep_merge(raw, nested)
-    params = params_from_dict(_plain(merged), f"{path} (with overrides)")
-    if _plain(merged) == _plain(raw):
+    params = params_from_dict(plain(merged), f"{path} (with overrides)")
+    if plain(merged) == plain(raw):
         return params, False
     buf = io.StringIO()
     _yaml().dump(merged, buf)

@@ -29,6 +29,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError
+from uqa.git import git as _git
 
 
 class RegistryInconsistent(UserError):
@@ -59,13 +60,6 @@ def is_git_repo(root: Path) -> bool:
             f"\"dubious ownership\": `git config --global --add safe.directory {Path(root).resolve()}`); the "
             "registry is never read without its GTO tags on a git error")
     return Path(r.stdout.strip()).resolve() == Path(root).resolve()
-
-
-def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> str:
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=env, input=input)
-    if r.returncode != 0:
-        raise UserError(f"git {' '.join(args[:2])} failed in {root}: {r.stderr.strip()}")
-    return r.stdout.strip()
 
 
 def _finite_number(x: Any) -> bool:
@@ -328,7 +322,7 @@ def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) ->
     else:
         stage = spec
     if artifact is None:
-        artifact = _default_artifact(root)
+        artifact = default_artifact(root)
     registry = Registry(root, artifact)
     if stage is not None:
         version = registry.stage_version(stage)
@@ -346,11 +340,11 @@ def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) ->
     return directory
 
 
-def _default_artifact(root: Path) -> str:
+def default_artifact(root: Path) -> str:
     try:
-        from uqa.params import load_params
+        from uqa.params import PARAMS_FILE, load_params
 
-        return load_params(Path(root) / "params.yaml").register.name
+        return load_params(Path(root) / PARAMS_FILE).register.name
     except UserError:
         return "uqa-qa"
 
@@ -366,7 +360,7 @@ def version_of(spec: str, root: Path = Path("."), name: str | None = None) -> tu
         version = spec
     else:
         stage = spec
-    registry = Registry(root, artifact or _default_artifact(root))
+    registry = Registry(root, artifact or default_artifact(root))
     if stage is not None:
         version = registry.stage_version(stage)
         if version is None:

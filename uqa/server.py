@@ -21,17 +21,18 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from uqa.errors import UserError
 from uqa.procs import die_with_parent, stop_tree
+from uqa.runtime import TELEMETRY_OFF
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -51,6 +52,29 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def start_prefect_server(port: int, out: IO[str], env: dict[str, str], minimal: bool = True) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:`port`, output to `out`, in its own session (the terminal's
+    Ctrl-C does not reach it: its owner stops it) and with a parent-death signal (a SIGKILLed owner
+    does not leave it behind). `minimal`: no background services and no UI (one run needs neither)."""
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if minimal:
+        cmd += ["--no-services", "--no-ui"]
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=die_with_parent, env=env)
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Path, hint: str = "") -> None:
+    """Until `url`/health answers; a UserError with the server's log when it exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = Path(log_path).read_text(errors="replace")[-1500:]
+            why = f"exited with status {proc.returncode}" if proc.poll() is not None else f"not healthy after {timeout_s:g} s"
+            raise UserError(f"the Prefect server on {url.removesuffix('/api')} {why}"
+                            + (f" ({hint})" if hint else "") + f". Its log:\n{tail}")
+        time.sleep(0.3)
+
+
 def _nothing() -> Any:
     return None
 
@@ -63,7 +87,8 @@ def temporary_server_env() -> dict[str, str]:
         if not any(name in env for name in names):
             env[names[0]] = value
 
-    default("false", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    for name, value in TELEMETRY_OFF.items():
+        default(value, name)
     # one run needs no block catalog, and registering it is 5 s of a brand-new PREFECT_HOME's first
     # start. Memoizing goes off with it: otherwise the skipped registration is remembered as done
     # and the user's own `prefect server start` on this PREFECT_HOME would skip it too.
@@ -88,29 +113,19 @@ def prefect_api(meanwhile: Callable[[], T] = _nothing) -> Iterator[T]:
         temporary_settings,
     )
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     server_log = Path(tempfile.mkstemp(prefix="uqa-prefect-server-", suffix=".log")[1])
     print(f"Starting a temporary Prefect server on {url.removesuffix('/api')} (set PREFECT_API_URL to use your own)",
           file=sys.stderr, flush=True)
     with open(server_log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-             "--no-services", "--no-ui"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=die_with_parent, env=temporary_server_env(),
-        )
+        proc = start_prefect_server(port, out, temporary_server_env())
     try:
         prepared = meanwhile()
-        deadline = time.monotonic() + timeout
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = server_log.read_text(errors="replace")[-1500:]
-                why = f"exited with status {proc.returncode}" if proc.poll() is not None else f"not healthy after {timeout:g} s"
-                raise UserError(f"the temporary Prefect server {why} (raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
-                                f"or start one with `prefect server start` and set PREFECT_API_URL). Its log:\n{tail}")
-            time.sleep(0.3)
+        wait_until_healthy(url, proc, timeout, server_log,
+                           hint="raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start one with "
+                                "`prefect server start` and set PREFECT_API_URL")
         previous = os.environ.get("PREFECT_API_URL")
         # the environment (processes we start) and Prefect's global settings (threads that carry no
         # settings context of their own, e.g. its event loop thread: without this they would start a

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,11 +24,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def stage_main(name: str, run: Callable[[Params, str], Any], argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=f"Run the `{name}` stage.")
-    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
+    parser.add_argument("--params", default=PARAMS_FILE, help=f"params file (default: {PARAMS_FILE})")
     args = parser.parse_args(argv)
     setup_logging()
     apply_runtime_defaults()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: child processes stopped, temp outputs removed
             params = load_params(args.params)

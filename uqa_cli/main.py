@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from uqa.errors import UserError
+from uqa.git import GIT_REMOTE
 from uqa.procs import sigterm_as_interrupt
 from uqa.runtime import apply_runtime_defaults
 
@@ -193,14 +194,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from uqa.registry import PROD, Registry, _default_artifact
+    from uqa.registry import PROD, Registry, default_artifact
 
     if getattr(args, "registry_command", None) == "show":
         return _registry_show(args)
     if getattr(args, "registry_command", None) == "diff":
         return _registry_diff(args)
     project = Path(args.project)
-    name = args.name or _default_artifact(project)
+    name = args.name or default_artifact(project)
     registry = Registry(project, name)
     prod = registry.stage_version(PROD)
     versions = registry.versions()
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each trial as a run of this deployment (e.g. uqa-pipeline/trial) on its work pool; "
                         "default: one after another in this process. uqa-pipeline/trial-remote: trials on any "
                         "machine, from a clone of the project (see --git-remote)")
-    p.add_argument("--git-remote", default="origin", metavar="NAME",
+    p.add_argument("--git-remote", default=GIT_REMOTE, metavar="NAME",
                    help="with a deployment that clones (trial-remote): the git remote the trials clone from and "
                         "push their experiments to (default origin); the data goes through the default DVC remote")
     p.set_defaults(func=cmd_sweep)

@@ -53,7 +53,8 @@ def _answer_all(predictor, pairs: list[tuple[str, str]]) -> list:
 def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int = 16384,
                 onnx_cache: Path | None = None, check_file: Path | None = None,
                 threads: int | None = None) -> ServedModel:
-    from uqa.predict import Predictor, weights_sha256
+    from uqa.inference_settings import weights_sha256
+    from uqa.predict import Predictor
 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")

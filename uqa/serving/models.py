@@ -56,7 +56,7 @@ class ModelSource:
         self.stage: str | None = None
         self.version: str | None = None
         if self.fixed_path is None:
-            from uqa.registry import _default_artifact
+            from uqa.registry import default_artifact
 
             if "@" in spec:
                 self.name, self.version = spec.split("@", 1)
@@ -64,7 +64,7 @@ class ModelSource:
                 self.name, self.stage = spec.split(":", 1)
             else:
                 self.stage = spec
-            self.name = self.name or _default_artifact(self.root)
+            self.name = self.name or default_artifact(self.root)
 
     @property
     def follows(self) -> bool:
