@@ -32,14 +32,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from common import ROOT, table, write_result
+from webhook_receiver import Receiver  # this folder: the loopback receiver the alert tests use too
+
+from uqa.server import free_port
 
 DEMO = ROOT / "demo" / "data"
 POOL_ROWS, HOLDOUT_FROM = 2100, 2100
@@ -54,40 +55,6 @@ WEEKS = [
     {"week": 7, "rows": 1800, "fault": "new validation set"},
     {"week": 8, "rows": 2100, "fault": None},
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Receiver:
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                received.append((time.time(), json.loads(body or b"{}")))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def find(self, *needles: str, since: float) -> tuple[float, dict] | None:
-        for at, body in list(self.received):
-            text = f"{body.get('subject')}\n{body.get('body')}"
-            if at >= since and all(n in text for n in needles):
-                return at, body
-        return None
 
 
 def api(url: str, path: str, body: dict | None = None, method: str | None = None) -> Any:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import ROOT, machine, shared_dir
 
+from uqa.server import free_port
+
 SETUPS = {
     "naive": ["--backend", "torch", "--max-batch-size", "1", "--max-wait-ms", "0"],
     "torch": ["--backend", "torch"],
@@ -144,14 +146,6 @@ def matmul_peak(threads: int, seconds: float = 3.0) -> float:
 
 
 # ---- the server and the load ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

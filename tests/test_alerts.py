@@ -8,14 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO, demo_tiny_params, free_port
+from conftest import REPO, demo_tiny_params
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from webhook_receiver import Receiver  # noqa: E402  (the loopback receiver the season benchmark uses too)
 
 from uqa import alerts
 from uqa.errors import UserError
@@ -53,42 +54,6 @@ def test_alerts_need_a_server(monkeypatch):
 
 
 # -- against a real server -------------------------------------------------------------------------
-
-class Receiver:
-    """A loopback HTTP server that keeps every JSON body posted to it, with the time it arrived."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                received.append((time.time(), json.loads(body or b"{}")))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, *needles: str, timeout: float) -> tuple[float, dict]:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for at, body in list(self.received):
-                text = f"{body.get('subject')}\n{body.get('body')}"
-                if all(n in text for n in needles):
-                    return at, body
-            time.sleep(0.5)
-        raise AssertionError(f"no notification with {needles} within {timeout} s; got {self.received}")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def receiver():
