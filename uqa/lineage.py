@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
+from uqa.git import git_run
 
 LINEAGE_FORMAT = 1
 # stages whose outputs' DVC hashes (from dvc.lock) identify the data and the model a version was made from
@@ -61,7 +62,7 @@ def _is_code(path: str, outputs: list[str]) -> bool:
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True)
+    return git_run(root, *args, text=False)  # bytes: the diff is hashed as git writes it
 
 
 def code_state(root: Path) -> dict[str, Any]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from uqa import layout
 from uqa.atomic import atomic_write_json
+from uqa.git import git_run
 from uqa.registry import PROD, Registry
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ def prune_versions(registry: Registry, keep_last: int | None) -> list[str]:
 
 def experiments_newest_first(root: Path) -> list[str]:
     """DVC experiment names of the project, newest first (by their commit time)."""
-    r = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"],
-                       cwd=root, capture_output=True, text=True)
+    r = git_run(root, "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps")
     names = []
     for ref in r.stdout.split():
         parts = ref.split("/")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa.errors import UserError
+from uqa.git import git_run
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,8 @@ class ModelSource:
 
         registry = Registry(self.root, self.name)
         h = hashlib.sha256()
-        r = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)",
-                            f"refs/tags/{self.name}@*", f"refs/tags/{self.name}#*"],
-                           cwd=self.root, capture_output=True, text=True)
+        r = git_run(self.root, "for-each-ref", "--format=%(refname) %(objectname)",
+                    f"refs/tags/{self.name}@*", f"refs/tags/{self.name}#*")
         h.update(r.stdout.encode())
         try:
             st = registry.index_path.stat()

@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from uqa.errors import UserError
+from uqa.git import git
+from uqa.redact import strip_url_credentials
 from uqa.serving.models import Resolved
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,7 @@ def cache_root() -> Path:
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise UserError(f"git {' '.join(args[:2])} failed: {r.stderr.strip()[-500:]}")
-    return r.stdout
-
-
-def _safe_url(url: str) -> str:
-    """The URL without credentials, for messages."""
-    return re.sub(r"//[^/@]+@", "//***@", url)
+    return git(cwd or Path.cwd(), *args, timeout=300, strip=False)
 
 
 class RemoteSource:
@@ -96,9 +89,9 @@ class RemoteSource:
         if self.stage is not None:
             version = Registry(self.clone, self.name).stage_version(self.stage)
             if version is None:
-                raise UserError(f"no version of {self.name!r} is in stage {self.stage!r} at {_safe_url(self.url)}")
+                raise UserError(f"no version of {self.name!r} is in stage {self.stage!r} at {strip_url_credentials(self.url)}")
         elif version not in Registry(self.clone, self.name).gto_versions():
-            raise UserError(f"{self.name}@{version} is not a GTO version at {_safe_url(self.url)}")
+            raise UserError(f"{self.name}@{version} is not a GTO version at {strip_url_credentials(self.url)}")
         return Resolved(self.download(version), version, self.name, self.stage)
 
     def download(self, version: str) -> Path:
@@ -114,13 +107,13 @@ class RemoteSource:
         try:
             Repo.get(str(self.clone), f"registry/{self.name}/{version}", out=str(tmp / "model"), rev=rev)
             if not (tmp / "model" / "config.json").exists():
-                raise UserError(f"registry/{self.name}/{version} from {_safe_url(self.url)} has no config.json")
+                raise UserError(f"registry/{self.name}/{version} from {strip_url_credentials(self.url)} has no config.json")
             os.replace(tmp / "model", dest)
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"could not download {self.name}@{version} from the DVC remote of "
-                            f"{_safe_url(self.url)} ({type(exc).__name__}: {str(exc)[:300]}): was `dvc push` run "
+                            f"{strip_url_credentials(self.url)} ({type(exc).__name__}: {str(exc)[:300]}): was `dvc push` run "
                             "and dvc.lock committed and pushed after registering?") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
