@@ -52,6 +52,7 @@ def _losses(trainer) -> list[float]:
 GOLDEN_LOSSES = [4.0216, 4.0346, 4.009, 3.9698, 3.9803, 4.0088, 3.824, 3.8501]
 
 
+@pytest.mark.slow
 def test_golden_losses(tokenized, tmp_path):
     runs = []
     for i in range(2):
@@ -66,6 +67,7 @@ def test_golden_losses(tokenized, tmp_path):
     assert runs[0] == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tokenized, tmp_path):
     from transformers import TrainerCallback
 
