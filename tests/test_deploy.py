@@ -231,7 +231,7 @@ def test_flow_run_page_renders_in_a_browser(chromium, deployed_run):
 def test_cancelling_a_deployment_run_stops_training(prefect_server, tmp_path):
     """`prefect flow-run cancel` (the UI's Cancel) on a run a process worker is training: the flow-run
     process gets SIGTERM from the worker, and the launcher and the rank go with it."""
-    from test_faults import marked, training, wait_until
+    from test_faults import GONE_WITHIN_S, marked, training, wait_until
 
     url = prefect_server
     mark = uuid.uuid4().hex
@@ -250,14 +250,14 @@ def test_cancelling_a_deployment_run_stops_training(prefect_server, tmp_path):
         flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
         assert wait_until(lambda: training(mark), 420), Path(worker_log.name).read_text()[-5000:]
         prefect_cli("flow-run", "cancel", flow_run_id, env=env)
-        cancelled = time.monotonic()
 
         def stage_processes() -> list[str]:
             return [p for p in marked(mark) if "train_worker" in p or "accelerate" in p]
 
-        assert wait_until(lambda: not stage_processes(), 30), stage_processes()
-        assert time.monotonic() - cancelled < 30
-        assert wait_until(lambda: api(url, f"/flow_runs/{flow_run_id}")["state_type"] == "CANCELLED", 60)
+        # generous deadlines for a loaded machine: each wait ends as soon as the processes are gone
+        assert wait_until(lambda: not stage_processes(), GONE_WITHIN_S), stage_processes()
+        assert wait_until(lambda: api(url, f"/flow_runs/{flow_run_id}")["state_type"] == "CANCELLED",
+                          GONE_WITHIN_S), api(url, f"/flow_runs/{flow_run_id}")["state_type"]
     finally:
         stop_process_group(worker, grace=30)
         worker_log.close()

@@ -62,6 +62,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield tmp
+            failpoint("write.data", at=final.name)  # the last write into it
         failpoint("write.before_rename", at=final.name)
         replace_dir(tmp, final)
         failpoint("write.after_rename", at=final.name)
@@ -94,6 +95,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with _disk_full_is_clear(final), os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            failpoint("write.data", at=final.name)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
@@ -125,6 +127,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield Path(tmp)
+            failpoint("write.data", at=final.name)
         os.chmod(tmp, 0o644)
         failpoint("write.before_rename", at=final.name)
         os.replace(tmp, final)
