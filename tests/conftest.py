@@ -319,3 +319,17 @@ def chromium() -> str:
         if found := shutil.which(name):
             return found
     skip_or_fail_in_ci("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(prefect_server, tmp_path_factory):
+    """`uqa demo` run once for the whole session, as a user runs it: the installed `uqa` command, no
+    options, from a directory of their own (the workspace is its `demo-run/`), against the session's
+    Prefect server. Returns (the user's directory, the command's output)."""
+    user_dir = tmp_path_factory.mktemp("demo-user")
+    uqa = Path(sys.executable).parent / "uqa"
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([str(uqa), "demo"], cwd=user_dir, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"uqa demo failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return user_dir, r.stdout + r.stderr
