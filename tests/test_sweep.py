@@ -17,9 +17,10 @@ from conftest import REPO, demo_tiny_params, make_project, run_ok, stop_process_
 from flows.sweep import RandomSearch, grid_trials, parse_range, pick_winner
 from uqa.errors import UserError
 
-# 10 optimizer steps per trial: a sweep of four in a few minutes on two cores
+# 10 optimizer steps per trial, two trials (two --grid options: every combination is 2 x 1; the
+# combinations themselves are checked without training in test_grid_is_every_combination_in_order)
 FAST = demo_tiny_params(max_steps=10)
-GRID = ["--grid", "train.learning_rate=1e-3,2e-3", "--grid", "train.epochs=1,2"]
+GRID = ["--grid", "train.learning_rate=1e-3,2e-3", "--grid", "train.epochs=1"]
 
 
 def test_grid_is_every_combination_in_order():
@@ -69,7 +70,7 @@ def _assert_real_f1s(project, trials: list[dict], registered_f1: float | None = 
         assert registered_f1 == pytest.approx(best, abs=0.005)
 
 
-@pytest.mark.slow  # four trainings, and `uqa sweep`'s own temporary Prefect server
+@pytest.mark.slow  # trainings, and `uqa sweep`'s own temporary Prefect server
 def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     project = make_project(tmp_path / "project", FAST)
     params_before = (project / "params.yaml").read_bytes()
@@ -81,7 +82,7 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Traceback" not in r.stdout + r.stderr
     lines = [line for line in r.stdout.splitlines() if re.match(r"trial \d: COMPLETED", line)]
-    assert len(lines) == 4, r.stdout[-3000:]
+    assert len(lines) == 2, r.stdout[-3000:]
     names = [line.rsplit("experiment ", 1)[1] for line in lines]
     f1s = [float(re.search(r"F1\s+([\d.]+)", line).group(1)) for line in lines]
     exps = _experiments(project)
@@ -93,7 +94,7 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     winner = re.search(r"winner: trial (\d) .*\(F1 ([\d.]+)\)", r.stdout)
     assert float(winner.group(2)) == pytest.approx(max(f1s), abs=0.005), r.stdout[-2000:]
     lrs = sorted(exps[n]["params"]["params.yaml"]["data"]["train"]["learning_rate"] for n in names)
-    assert lrs == [1e-3, 1e-3, 2e-3, 2e-3]
+    assert lrs == [1e-3, 2e-3]
     assert (project / "params.yaml").read_bytes() == params_before
     assert re.search(r"registered uqa-qa v0\.0\.1 \((promoted to prod|not promoted): ", r.stdout), r.stdout[-2000:]
     assert [v["version"] for v in Registry(project, "uqa-qa").versions()] == ["v0.0.1"]
