@@ -134,8 +134,7 @@ def test_a_registered_copy_answers_the_same(trained_project):
     root, mode, metrics = trained_project
     final = root / "models" / "final"
     before = (final / INFERENCE_FILE).read_bytes()
-    with working_dir(root):
-        report = register(params_from_dict(deep_merge(demo_tiny_params(), MODES[mode])))
+    report = register(params_from_dict(deep_merge(demo_tiny_params(), MODES[mode])), root)
     version = Path(report["path"])
     assert report["registered"] and version.name == report["version"] == "v0.0.1"
     assert version.is_relative_to(root / "registry")
