@@ -83,10 +83,26 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 20) -> None:
         proc.wait()
 
 
-needs_shared = pytest.mark.skipif(
-    not (UQA_DIR / "train.parquet").exists() or not URDU_TOKENIZER.exists(),
-    reason=f"real UQA data not found at {SHARED} (CI has it)",
-)
+def ci_is_set() -> bool:
+    """CI=true (GitHub Actions, GitLab CI and .ci/run set it; "1", "yes" count too)."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def skip_or_fail_in_ci(missing: str) -> None:
+    """A missing prerequisite skips the test on a laptop; with CI set it fails it: a CI build must
+    never pass with a check that did not run."""
+    if ci_is_set():
+        pytest.fail(f"CI={os.environ['CI']} but {missing}: this check did not run", pytrace=False)
+    pytest.skip(f"{missing} (with CI=true this fails instead)")
+
+
+def shared_is_present() -> bool:
+    return all(p.exists() for p in (UQA_DIR / "train.parquet", UQA_DIR / "validation.parquet", UQA_HUB / "data",
+                                    URDU_TOKENIZER / "tokenizer.json"))
+
+
+# real UQA from ../shared (or $UQA_SHARED): skipped where it is absent, failed under CI=true
+needs_shared = pytest.mark.needs_shared
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -176,3 +192,129 @@ def prefect_server():
     refresh_global_settings_context()
     stop_process_group(proc)
     log.close()
+
+
+# --- the two tiers ----------------------------------------------------------------------------------
+# `pytest -m "not slow"` answers in minutes; `-m slow` holds every test that starts a server, a worker,
+# a training (in-process or not), a `dvc repro` that trains, or a browser. A test that uses one of the
+# fixtures below (directly or through another fixture) without `@pytest.mark.slow` fails at setup,
+# before the fixture starts anything. A new fixture that starts such a thing: add its name here.
+SLOW_FIXTURES: dict[str, str] = {
+    "prefect_server": "starts a Prefect server",
+    "deployed_run": "deploys the flow and runs it on a Prefect process worker (test_deploy.py)",
+    "demo_workspace": "runs `uqa demo`: the whole flow, training included",
+    "trained_project": "trains a model with the train stage's recipe (test_predict_equals_evaluate.py)",
+    "chromium": "starts a headless browser",
+}
+
+# Processes the fast tier must not start even without one of those fixtures (checked when a test starts
+# them): consecutive argv items -> what it is. A new kind of heavy command: add it here.
+SLOW_COMMANDS: dict[tuple[str, ...], str] = {
+    ("prefect", "server", "start"): "starts a Prefect server",
+    ("prefect", "worker", "start"): "starts a Prefect worker",
+    ("-m", "tasks.train"): "runs the train stage",
+    ("-m", "tasks.train_recipe"): "runs a training",
+    ("-m", "uqa_cli", "run"): "runs the whole flow",
+    ("-m", "uqa_cli", "sweep"): "runs a sweep (trainings)",
+    ("-m", "uqa_cli", "demo"): "runs `uqa demo`",
+    ("-m", "uqa_cli", "serve"): "starts the HTTP server (`uqa serve`)",
+    ("-m", "uqa_cli", "schedule"): "serves the flow on a schedule (`uqa schedule`)",
+    ("gpu_train.py",): "runs the GPU benchmark (trainings)",
+}
+BROWSERS = {"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"}
+TRAINING_STAGES = {"train", "evaluate", "register"}  # `dvc repro` of these (or of everything) trains
+
+_ADD_THE_MARK = ("add `@pytest.mark.slow` above the test (or `pytestmark = pytest.mark.slow` at the top of its "
+                 "module): the fast tier (`pytest -m \"not slow\"`) starts no server, worker, training or browser")
+
+
+def slow_reason(argv) -> str | None:
+    """Why the command `argv` belongs to the slow tier, or None."""
+    import shlex
+
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        try:
+            argv = shlex.split(os.fsdecode(argv))
+        except ValueError:
+            return None
+    argv = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in argv]
+    if argv and Path(argv[0]).name in BROWSERS:
+        return "starts a headless browser"
+    names = [Path(a).name if "/" in a else a for a in argv]
+    for fragment, why in SLOW_COMMANDS.items():
+        n = len(fragment)
+        if any(tuple(names[i:i + n]) == fragment for i in range(len(names) - n + 1)):
+            return why
+    if "repro" in names and "dvc" in names[: names.index("repro")]:
+        targets = [a for a in names[names.index("repro") + 1:] if not a.startswith("-")]
+        if not targets or TRAINING_STAGES & set(targets):
+            return "runs `dvc repro` of the training stages"
+    if names and names[0] == "uqa" and len(names) > 1 and names[1] in {"run", "sweep", "demo"}:
+        return f"runs `uqa {names[1]}`"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_shared") and not shared_is_present():
+        skip_or_fail_in_ci(f"the real UQA data is not at {SHARED} (data/uqa, data/uqa-hub, models/urdu-xlmr-32k; "
+                           "set UQA_SHARED to put it elsewhere)")
+    if item.get_closest_marker("slow"):
+        return
+    for name in item.fixturenames:
+        if name in SLOW_FIXTURES:
+            pytest.fail(f"{item.nodeid} uses the fixture `{name}`, which {SLOW_FIXTURES[name]}, but is not marked "
+                        f"slow: {_ADD_THE_MARK} (tests/conftest.py: SLOW_FIXTURES)", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_nothing_heavy(request, monkeypatch):
+    """In a test that is not marked slow, starting a heavy process or an in-process training fails
+    the test at once, naming what to add (tests/conftest.py: SLOW_COMMANDS; transformers' Trainer)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    nodeid = request.node.nodeid
+    original_init = subprocess.Popen.__init__
+
+    def guarded_init(self, args, *a, **kw):
+        why = slow_reason(args)
+        if why:
+            shown = args if isinstance(args, str) else " ".join(map(str, args))
+            pytest.fail(f"{nodeid} is not marked slow but {why} ({shown[:200]}): {_ADD_THE_MARK} "
+                        "(tests/conftest.py: SLOW_COMMANDS)", pytrace=False)
+        original_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
+    from transformers import Trainer  # imported once per session (the fast tier imports it anyway)
+
+    def no_training(self, *a, **kw):
+        pytest.fail(f"{nodeid} is not marked slow but trains a model (transformers Trainer.train): "
+                    f"{_ADD_THE_MARK}", pytrace=False)
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    yield
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser (Debian's `chromium`): a skip on a machine without one, a failure under CI=true
+    (.ci/run installs it), where a skip would pass the build without anyone having looked at the page."""
+    for name in sorted(BROWSERS):
+        if found := shutil.which(name):
+            return found
+    skip_or_fail_in_ci("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(prefect_server, tmp_path_factory):
+    """`uqa demo` run once for the whole session, as a user runs it: the installed `uqa` command, no
+    options, from a directory of their own (the workspace is its `demo-run/`), against the session's
+    Prefect server. Returns (the user's directory, the command's output)."""
+    user_dir = tmp_path_factory.mktemp("demo-user")
+    uqa = Path(sys.executable).parent / "uqa"
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([str(uqa), "demo"], cwd=user_dir, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"uqa demo failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return user_dir, r.stdout + r.stderr

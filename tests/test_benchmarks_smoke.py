@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, needs_shared
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_train  # noqa: E402
 
 
+@pytest.mark.slow  # trains every setting for a few steps
 def test_gpu_benchmark_runs_every_setting_through_the_pipeline_trainer(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--steps", "2",
                         "--warmup", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -39,7 +40,7 @@ def test_gpu_benchmark_peak_comes_from_the_device_name():
         gpu_train.peak_for("Some Future GPU", None)
 
 
-@pytest.mark.skipif(not (SHARED / "data/uqa/train.parquet").exists(), reason="needs ../shared")
+@needs_shared
 def test_committed_window_lengths_are_those_of_real_uqa(tmp_path):
     gpu_train.write_lengths(SHARED, path=tmp_path / "lengths.json")
     fresh = json.loads((tmp_path / "lengths.json").read_text())

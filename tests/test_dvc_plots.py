@@ -33,13 +33,6 @@ TRAIN_LOSS = [f"{2.5 * 0.85**i + 0.0123:.4f}" for i in range(20)]
 EVAL_LOSS = [f"{2.7 * 0.6**i + 0.0456:.4f}" for i in range(5)]
 
 
-def chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
 def template_versions(html: str) -> dict[str, str]:
     """{"vega": "5.33.1", ...} from the /*! name version | ... */ headers the generator writes."""
     return dict(re.findall(r"/\*! (vega(?:-lite|-embed)?) (\d+\.\d+\.\d+) \| BSD-3-Clause", html))
@@ -111,10 +104,7 @@ def test_plots_show_writes_offline_html(plots_project):
         assert f'"loss": "{value}"' in html
 
 
-def run_chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+def run_chromium(binary: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
     cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -138,9 +128,10 @@ def rendered_plots(dom: str) -> dict[str, str]:
     return found
 
 
-def test_chromium_renders_both_plots_offline(plots_project, tmp_path):
+@pytest.mark.slow  # a browser; without one it skips, and fails under CI=true (conftest `chromium`)
+def test_chromium_renders_both_plots_offline(chromium, plots_project, tmp_path):
     url = (plots_project / "plots_out" / "index.html").as_uri()
-    dom = run_chromium("--dump-dom", url, tmp=tmp_path).stdout
+    dom = run_chromium(chromium, "--dump-dom", url, tmp=tmp_path).stdout
     for div_id, part in rendered_plots(dom).items():
         opening = part[: part.index(">") + 1]
         assert "vega-embed" in opening, f"vega-embed did not take over #{div_id}: {opening}"
@@ -148,7 +139,7 @@ def test_chromium_renders_both_plots_offline(plots_project, tmp_path):
         assert "vegaEmbed(" not in part  # the inline call was replaced by the chart
 
     shot = tmp_path / "plots.png"
-    run_chromium(f"--screenshot={shot}", "--window-size=1200,900", url, tmp=tmp_path)
+    run_chromium(chromium, f"--screenshot={shot}", "--window-size=1200,900", url, tmp=tmp_path)
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     width, height, rows = decode_png(data)
@@ -158,7 +149,8 @@ def test_chromium_renders_both_plots_offline(plots_project, tmp_path):
     assert all(count >= 150 for count in clusters[: len(PLOT_IDS)]), clusters
 
 
-def test_default_page_is_blank_without_network(plots_project, tmp_path):
+@pytest.mark.slow
+def test_default_page_is_blank_without_network(chromium, plots_project, tmp_path):
     """Control: the same plots with DVC's stock page (CDN scripts) render nothing when DNS is blocked."""
     from dvc_render.html import PAGE_HTML
 
@@ -167,7 +159,7 @@ def test_default_page_is_blank_without_network(plots_project, tmp_path):
     dvc("plots", "show", "--out", str(tmp_path / "stock_out"), "--html-template", str(stock), cwd=plots_project)
     html = (tmp_path / "stock_out" / "index.html").read_text(encoding="utf8")
     assert CDN_SCRIPT.search(html)
-    dom = run_chromium("--dump-dom", (tmp_path / "stock_out" / "index.html").as_uri(), tmp=tmp_path).stdout
+    dom = run_chromium(chromium, "--dump-dom", (tmp_path / "stock_out" / "index.html").as_uri(), tmp=tmp_path).stdout
     for div_id, part in rendered_plots(dom).items():
         assert 'class="marks"' not in part, f"#{div_id} rendered although the CDN was unreachable"
 

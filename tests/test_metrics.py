@@ -9,7 +9,7 @@ thousands of random English/Urdu/punctuation cases (and real UQA answers when ..
 from __future__ import annotations
 
 import pytest
-from conftest import UQA_DIR
+from conftest import UQA_DIR, needs_shared
 
 from uqa.metrics import (
     NORMALIZERS,
@@ -797,7 +797,7 @@ def test_differential_datasets_against_the_official_script():
     assert _check_datasets(random.Random(7), 300) == []
 
 
-@pytest.mark.skipif(not (UQA_DIR / "validation.parquet").exists(), reason=f"real UQA data not found at {UQA_DIR}")
+@needs_shared
 def test_differential_on_real_uqa_answers():
     import random
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ from tasks.download import download
 from tasks.evaluate import evaluate
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from uqa.atomic import atomic_write_json
 from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
 from uqa.inference_settings import (
@@ -43,7 +41,7 @@ MODES = {
 
 
 @pytest.fixture(scope="module", params=list(MODES))
-def project(request, tmp_path_factory):
+def trained_project(request, tmp_path_factory):
     from tasks.train_recipe import run as train_recipe
 
     root = tmp_path_factory.mktemp(request.param)
@@ -81,8 +79,8 @@ def _assert_same(scored: pd.DataFrame, answers: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_settings_travel_with_the_model(project):
-    root, mode, metrics = project
+def test_settings_travel_with_the_model(trained_project):
+    root, mode, metrics = trained_project
     settings = json.loads((root / "models" / "final" / INFERENCE_FILE).read_text())
     tokenize = json.loads((root / "reports" / "tokenize.json").read_text())
     assert settings["max_seq_length"] == tokenize["max_seq_length"] and isinstance(settings["max_seq_length"], int)
@@ -108,8 +106,8 @@ def test_settings_travel_with_the_model(project):
 
 
 @pytest.mark.slow
-def test_uqa_predict_answers_as_evaluate_scored(project, tmp_path):
-    root, mode, _ = project
+def test_uqa_predict_answers_as_evaluate_scored(trained_project, tmp_path):
+    root, mode, _ = trained_project
     scored = _questions(root)
     questions = tmp_path / "Q.jsonl"
     scored[["id", "question", "context"]].to_json(questions, orient="records", lines=True, force_ascii=False)
@@ -128,18 +126,21 @@ def test_uqa_predict_answers_as_evaluate_scored(project, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_registered_copy_answers_the_same(project, tmp_path):
-    """What the register stage writes: models/final's files + uqa_inference.json merged with evaluate's."""
-    root, mode, metrics = project
+def test_a_registered_copy_answers_the_same(trained_project):
+    """The version the register stage writes (register(): models/final's files, and uqa_inference.json
+    merged with evaluate's settings) answers every question exactly as evaluate scored them."""
+    from tasks.register import register
+
+    root, mode, metrics = trained_project
     final = root / "models" / "final"
     before = (final / INFERENCE_FILE).read_bytes()
-    version = tmp_path / "v0.0.1"
-    version.mkdir()
-    for f in final.iterdir():  # register hard-links (or copies) every file of models/final
-        os.link(f, version / f.name)
-    settings = registry_settings(final, metrics)
-    atomic_write_json(version / INFERENCE_FILE, settings)  # a new file: models/final's is not touched
-    assert (final / INFERENCE_FILE).read_bytes() == before
+    report = register(params_from_dict(deep_merge(demo_tiny_params(), MODES[mode])), root)
+    version = Path(report["path"])
+    assert report["registered"] and version.name == report["version"] == "v0.0.1"
+    assert version.is_relative_to(root / "registry")
+    assert (final / INFERENCE_FILE).read_bytes() == before  # a new file: models/final's is not touched
+    settings = json.loads((version / INFERENCE_FILE).read_text())
+    assert settings == registry_settings(final, metrics)
     assert settings["no_answer_threshold"] == metrics.get("no_answer_threshold")
     assert (settings["n_best"], settings["max_answer_length"]) == (20, 30)
     predictor = Predictor(version)
@@ -150,10 +151,10 @@ def test_a_registered_copy_answers_the_same(project, tmp_path):
 
 
 @pytest.mark.slow
-def test_too_long_question_is_a_clear_error(project, tmp_path, capsys):
+def test_too_long_question_is_a_clear_error(trained_project, tmp_path, capsys):
     from uqa_cli.main import main
 
-    root, _, _ = project
+    root, _, _ = trained_project
     model = str(root / "models" / "final")
     limit = json.loads((root / "models" / "final" / INFERENCE_FILE).read_text())["max_seq_length"]
     long_question = " ".join(["سوال"] * (3 * limit)) + "؟"
@@ -175,10 +176,10 @@ def test_too_long_question_is_a_clear_error(project, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_long_question_with_a_long_context_is_answered(project):
+def test_a_long_question_with_a_long_context_is_answered(trained_project):
     """A question leaving no more context tokens per window than the stride: that row's windows overlap
     by half a window (the model's stride is kept for every other row)."""
-    root, _, _ = project
+    root, _, _ = trained_project
     predictor = Predictor(root / "models" / "final", no_answer_threshold=1e9)  # always answer
     scored = _questions(root)
     question = " ".join([scored["question"].iloc[0]] * 3)

@@ -284,3 +284,54 @@ def test_model_card_quotes_a_hostile_directory_source():
     assert meta["model-index"][0]["results"][0]["dataset"] == {"name": "UQA", "type": source, "split": "validation"}
     assert "datasets" not in meta  # a path, not a Hub dataset id
     assert {r.dataset_type for r in ModelCard(text).data.eval_results} == {source}
+
+
+def test_metrics_of_other_weights_never_vouch_for_these(git_project):
+    """metrics/eval.json records the sha256 of the weights it scored: after a retrain without a new
+    evaluation, register refuses (DataError naming both files) and registers nothing."""
+    from uqa.errors import DataError
+    from uqa.inference_settings import weights_sha256
+
+    root = git_project
+    _model(root, 1)
+    scored = weights_sha256(root / "models" / "final")
+    metrics = {"exact_match": 55.0, "f1": 60.0, "n_questions": 10, "inference": {"weights_sha256": scored}}
+    (root / "metrics").mkdir()
+    (root / "metrics" / "eval.json").write_text(json.dumps(metrics))
+    assert register(_params(), root)["version"] == "v0.0.1"  # the weights it scored: registered
+
+    _model(root, 2)  # retrained; metrics/eval.json still describes the seed-1 weights
+    with pytest.raises(DataError, match=r"metrics/eval\.json scored other weights than .*models/final: rerun "
+                                        r"the evaluate stage"):
+        register(_params(), root)
+    assert [v["version"] for v in Registry(root, "uqa-qa").versions()] == ["v0.0.1"]
+    assert sorted(run_ok(["git", "tag"], root).stdout.split()) == ["uqa-qa#prod#1", "uqa-qa@v0.0.1"]
+
+
+def test_a_run_killed_before_its_tags_is_finished_by_the_next(git_project):
+    """kill -9 right after the index records a new version (failpoint write.after_rename@index.json, in a
+    real process): the version is recorded as `gto: pending` with no tags. The next register() tags it
+    (finish_pending_tags) before anything else, and does not register the same weights again."""
+    import os
+    import subprocess
+    import sys
+
+    root = git_project
+    _model(root, 1)
+    _metrics(root, 60.0)
+    code = ("from tasks.register import register; from uqa.params import params_from_dict; "
+            "register(params_from_dict({'register': {'min_f1': 0.0}}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, UQA_FAILPOINT="write.after_rename@index.json"))
+    assert r.returncode == -9, r.stderr[-3000:]  # killed at the failpoint, not finished
+    index = json.loads((root / "registry" / "uqa-qa" / "index.json").read_text())
+    assert [(v["version"], v["gto"]) for v in index["versions"]] == [("v0.0.1", "pending")]
+    assert run_ok(["git", "tag"], root).stdout.split() == []  # recorded, never tagged
+
+    report = register(_params(), root)
+    assert (report["registered"], report["version"], report["promoted"]) == (False, "v0.0.1", True)
+    index = json.loads((root / "registry" / "uqa-qa" / "index.json").read_text())
+    assert [(v["version"], v["gto"]) for v in index["versions"]] == [("v0.0.1", "tagged")]
+    assert sorted(run_ok(["git", "tag"], root).stdout.split()) == ["uqa-qa#prod#1", "uqa-qa@v0.0.1"]
+    assert Registry(root, "uqa-qa").stage_version() == "v0.0.1"
+    assert resolve_model("prod", root).name == "v0.0.1"

@@ -49,10 +49,12 @@ def _losses(trainer) -> list[float]:
 # Checked to hold (same values, this tolerance) on the newest patch of every transformers minor 5.2-5.24
 # (5.0/5.1 cannot run the trainer: no train_sampling_strategy) and on tokenizers 0.22.0, 0.22.2, 0.23.1,
 # 0.23.3, all on torch 2.13 CPU; pyproject.toml bounds transformers/tokenizers to exactly that range.
-# Other torch versions were not checked. A new transformers/tokenizers minor: rerun this test, then widen.
+# Other torch versions were not checked: pyproject.toml bounds torch to 2.13 (>=2.13,<2.14) for that reason.
+# A new torch/transformers/tokenizers minor: rerun this test (`-m slow -k golden`), then widen the bound.
 GOLDEN_LOSSES = [4.0216, 4.0346, 4.009, 3.9698, 3.9803, 4.0088, 3.824, 3.8501]
 
 
+@pytest.mark.slow
 def test_golden_losses(tokenized, tmp_path):
     runs = []
     for i in range(2):
@@ -67,6 +69,7 @@ def test_golden_losses(tokenized, tmp_path):
     assert runs[0] == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tokenized, tmp_path):
     from transformers import TrainerCallback
 
@@ -224,14 +227,13 @@ def test_training_timeout_kills_the_process_group(tmp_path):
 
     from tasks.train import TrainingFailed, run_supervised
 
+    # both sleep far longer than the deadline below: only the timeout's kill can end them in time
     marker = tmp_path / "child.pid"
     script = ("import os, subprocess, sys, time; "
-              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              f"open({str(marker)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)")
-    started = time.monotonic()
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(900)']); "
+              f"open({str(marker)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(900)")
     with pytest.raises(TrainingFailed, match="timeout_minutes"):
         run_supervised([sys.executable, "-c", script], tmp_path / "train.log", timeout_s=3)
-    assert time.monotonic() - started < 40
     assert "started" in (tmp_path / "train.log").read_text()
     grandchild = int(marker.read_text())
 
@@ -242,10 +244,14 @@ def test_training_timeout_kills_the_process_group(tmp_path):
             return False
         return state not in ("Z", "X")
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 120  # generous for a loaded machine; ends as soon as it is gone
     while running(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not running(grandchild)  # the whole process group went, not only the launcher
+    try:
+        assert not running(grandchild)  # the whole process group went, not only the launcher
+    finally:
+        if running(grandchild):
+            os.kill(grandchild, 9)
 
 
 def test_training_failure_reports_exit_status_and_log(tmp_path):

@@ -98,6 +98,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield tmp
+            failpoint("write.data", at=final.name)  # the last write into it
             fsync_tree(tmp)
         failpoint("write.before_rename", at=final.name)
         replace_dir(tmp, final)
@@ -132,6 +133,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with _disk_full_is_clear(final), os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            failpoint("write.data", at=final.name)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
@@ -164,6 +166,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _disk_full_is_clear(final):
             yield Path(tmp)
+            failpoint("write.data", at=final.name)
             fsync_file(Path(tmp))
         os.chmod(tmp, 0o644)
         failpoint("write.before_rename", at=final.name)

@@ -3,6 +3,8 @@
 `UQA_FAILPOINT=<name>` (or `<name>@<value>`, matched against the point's `at` value, e.g. a
 training step) makes the process SIGKILL itself when it reaches that point, together with the
 supervisor named in $UQA_SUPERVISOR (training ranks) so that the whole run dies as in a power cut.
+`<name>[@<value>]=enospc` raises OSError(ENOSPC) there instead: a full disk at that write, on any
+filesystem (the tests' other variant mounts a small tmpfs, which needs root).
 Unset (every normal run), a failpoint is one dictionary lookup. The pattern is that of
 FreeBSD's fail(9) or TiKV's fail-rs: the crash happens in the real code path, not in a mock.
 """
@@ -19,9 +21,14 @@ def failpoint(name: str, at: object = None) -> None:
     spec = os.environ.get(FAILPOINT_ENV)
     if not spec:
         return
-    wanted, _, value = spec.partition("@")
+    point, _, action = spec.partition("=")
+    wanted, _, value = point.partition("@")
     if wanted != name or (value and str(at) != value):
         return
+    if action == "enospc":
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     import psutil
 
     from uqa.procs import SUPERVISOR_ENV
