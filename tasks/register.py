@@ -22,15 +22,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tasks.rescore import prod_rescorer
 from uqa import layout, lineage, retention
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, UserError
-from uqa.gate import decide, regate_pending, verify_pending_version
+from uqa.gate import decide, regate_pending, require_metrics_of, verify_pending_version
 from uqa.hub_push import hub_done, push_and_record
 from uqa.inference_settings import INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.jsonfile import read_json
 from uqa.model_card import model_card
-from uqa.params import Params
+from uqa.params import PARAMS_FILE, Params
 from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     cfg = params.register
     metrics, f1 = read_metrics(metrics_file)
     digest = weights_sha256(model_dir)
-    scored = (metrics.get("inference") or {}).get("weights_sha256")
-    if scored != digest:  # metrics of other (or unnamed) weights must never vouch for these
-        said = "does not name the weights it scored (no inference.weights_sha256)" if scored is None else \
-            "scored other weights than"
-        raise DataError(f"{metrics_file} {said}{' ' + str(model_dir) if scored is not None else ''}: rerun the "
-                        "evaluate stage (dvc repro evaluate)")
+    require_metrics_of(metrics, digest, metrics_file, model_dir)  # never metrics of other weights
     registry = Registry(root, cfg.name)
     index = registry.index()
     finish_pending_tags(registry, index, cfg.min_f1)  # a run killed between its index record and its GTO tags
@@ -128,7 +124,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
         report = _already_registered(registry, index, latest, cfg, prod)
     else:
         promote, reason = promotion_decision(f1, cfg.min_f1, prod, prod_record, metrics,
-                                             _rescore(registry, prod, params, metrics, run_dir, root))
+                                             prod_rescorer(registry, prod, params, metrics, run_dir, root))
         # never a number in use: not one in the index, in GTO's tags, or a directory in the store
         version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions()
                                + registry.version_dirs())
@@ -176,20 +172,6 @@ def promotion_decision(f1: float, min_f1: float, prod: str | None, prod_record: 
                        metrics: dict[str, Any] | None = None, rescore=None) -> tuple[bool, str]:
     """The gate (uqa/gate.py): at least register.min_f1, and no worse than prod measured like with like."""
     return decide(f1, min_f1, prod, prod_record, metrics, rescore)
-
-
-def _rescore(registry: Registry, prod: str | None, params: Params, metrics: dict[str, Any], run_dir: Path,
-             root: Path):
-    """prod's F1 on this run's evaluation (called by the gate only when prod's record was scored otherwise)."""
-    if prod is None:
-        return None
-
-    def rescore() -> float:
-        from tasks.rescore import model_f1_on, validation_examples
-
-        return model_f1_on(registry.version_dir(prod), validation_examples(run_dir, root), params,
-                           squad2=metrics.get("mode") == "squad2")
-    return rescore
 
 
 RECORD_METRICS = ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold",
@@ -245,7 +227,7 @@ def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[
     return push_and_record(registry, index, entry, cfg.hub_repo_id, cfg.hub_private) if push else None
 
 
-def run(params: Params, params_file: str = "params.yaml") -> Any:
+def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
     return register(params)
 

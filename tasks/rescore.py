@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.evaluate import EXAMPLES, references_by_id, score_predictions
 from uqa.errors import DataError
 from uqa.params import Params
+from uqa.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +52,15 @@ def model_f1_on(model_dir: Path, examples_dir: Path, params: Params, squad2: boo
     log.info("register: %s re-scored on %s: F1 %.2f (%d questions)", model_dir, examples_dir, metrics["f1"],
              metrics["n_questions"])
     return float(metrics["f1"])
+
+
+def prod_rescorer(registry: Registry, prod: str | None, params: Params, metrics: dict, run_dir: Path, root: Path):
+    """prod's F1 on this run's evaluation, as a callable the gate calls only when prod's record was
+    scored otherwise (another validation set, mode or tune_fraction); None when nothing is in prod."""
+    if prod is None:
+        return None
+
+    def rescore() -> float:
+        return model_f1_on(registry.version_dir(prod), validation_examples(run_dir, root), params,
+                           squad2=metrics.get("mode") == "squad2")
+    return rescore

@@ -16,8 +16,10 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from uqa.errors import DataError
 from uqa.registry import PROD, RegistryInconsistent
 
 log = logging.getLogger(__name__)
@@ -137,3 +139,14 @@ def regate_pending(registry: Any, index: dict[str, Any], entry: dict[str, Any], 
     for other in index["versions"]:  # the index says what GTO says: prod stays where it is
         if other["version"] == prod and PROD not in other.get("stages", []):
             other["stages"] = [*other.get("stages", []), PROD]
+
+
+def require_metrics_of(metrics: dict[str, Any], digest: str, metrics_file: Path, model_dir: Path) -> None:
+    """Metrics vouch only for the weights they name (inference.weights_sha256, written by evaluate):
+    metrics of other, or of unnamed, weights stop registration."""
+    scored = (metrics.get("inference") or {}).get("weights_sha256")
+    if scored == digest:
+        return
+    said = "does not name the weights it scored (no inference.weights_sha256)" if scored is None else \
+        f"scored other weights than {model_dir}"
+    raise DataError(f"{metrics_file} {said}: rerun the evaluate stage (dvc repro evaluate)")
