@@ -35,6 +35,11 @@ os.environ.update(
     GIT_COMMITTER_EMAIL="tests@localhost",
 )
 
+# `import dvc` installs DVC's console log handlers on the sys.stdout/sys.stderr of that moment. Imported
+# first inside a test that uses capsys, they would keep that test's capture stream, closed when the test
+# ends, and every later DVC log line in this process would raise (DVC's handler turns a write error
+# into a LoggingException, failing the flow task that logged it). Here they get pytest's session streams.
+import dvc as _dvc_logging  # noqa: E402, F401
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 

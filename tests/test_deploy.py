@@ -111,7 +111,7 @@ def test_run_shows_stages_artifacts_and_library_logs(deployed_run, hub):
     assert "| exact match |" in metrics and "Urdu-normalized" in metrics
     assert "unanswerable: 490" in by_key["uqa-filter-report"]["data"]
     registration = by_key["uqa-registration"]["data"]
-    assert "uqa-qa v0.0.1" in registration and "promoted to prod: **yes**" in registration
+    assert "[uqa-qa@v0.0.1](file://" in registration and "promoted to prod: **yes**" in registration
     assert str(project / "registry" / "uqa-qa" / "v0.0.1" / "README.md") in registration
     logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
     messages = [entry["message"] for entry in logs]
