@@ -126,25 +126,8 @@ def replace_dir(src: Path, final: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with _disk_full_is_clear(final), os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            failpoint("write.data", at=final.name)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        failpoint("write.before_rename", at=final.name)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        failpoint("write.after_rename", at=final.name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:  # complete or absent: written, fsynced, renamed, directory fsynced
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
