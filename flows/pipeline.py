@@ -41,7 +41,7 @@ from uqa.dvc_ops import (
     locked_workspace,
     working_dir,
 )
-from uqa.errors import TransientError, UserError
+from uqa.errors import TransientError, UserError, first_line
 from uqa.experiment import experiment_name, experiment_workspace, push_experiment, save_experiment
 from uqa.git import GIT_REMOTE
 from uqa.jsonfile import read_json
@@ -436,7 +436,7 @@ def _retention(root: Path) -> None:
         prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
     except Exception as exc:  # noqa: BLE001
         get_run_logger().warning("retention (register.keep_last) did not finish: %s: %s; the next run tries "
-                                 "again", type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
+                                 "again", type(exc).__name__, first_line(exc))
 
 
 def _run_experiment(root: Path, overrides: dict[str, Any], push: bool, pin_source: bool = False) -> Any:

@@ -24,7 +24,7 @@ import urllib.parse
 from datetime import timedelta
 from typing import Any
 
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 
 FLOWS = ("uqa-pipeline", "uqa-sweep")
 BLOCK_NAME = "uqa-alerts"
@@ -176,7 +176,7 @@ def install(webhook: str | None = None, slack: str | None = None,
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable or refusing server: one line, no traceback
         raise UserError(f"could not set up alerts on {server}: {type(exc).__name__}: "
-                        f"{(str(exc).splitlines() or [''])[0][:300]}") from None
+                        f"{first_line(exc)}") from None
     return done
 
 

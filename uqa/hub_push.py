@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa.atomic import atomic_write_json
-from uqa.errors import TransientError, UserError
+from uqa.errors import TransientError, UserError, first_line
 from uqa.registry import Registry
 
 
@@ -37,7 +37,7 @@ def push_to_hub(directory: Path, repo_id: str | None, private: bool = True) -> s
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory))
     except Exception as exc:  # the message must never carry the token
         text = f"{type(exc).__name__}: {exc}".replace(token, "***")
-        raise TransientError(f"push to the Hub ({repo_id}) failed: {text.splitlines()[0][:300]}") from None
+        raise TransientError(f"push to the Hub ({repo_id}) failed: {first_line(text)}") from None
     return str(getattr(commit, "commit_url", repo_id))
 
 

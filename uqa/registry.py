@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 from uqa.git import git as _git
 
 
@@ -151,7 +151,7 @@ class Registry:
         except Exception as exc:
             raise RegistryInconsistent(
                 f"GTO cannot read the {what} of {self.name} in {Path(self.root).resolve()} "
-                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}): list the tags with "
+                f"({type(exc).__name__}: {first_line(exc)}): list the tags with "
                 f"`git tag -l '{self.name}@*' '{self.name}#*'`, delete the broken one (`git tag -d TAG`) "
                 f"or fetch them again (`git fetch --tags --force`)") from None
 

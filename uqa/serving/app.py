@@ -7,11 +7,9 @@ unexpected failure is answered with a JSON 500 that carries no traceback (it goe
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uqa.serving.answering import BatchAnswerer
 from uqa.serving.batcher import BatchSettings, DynamicBatcher, Overloaded
-from uqa.serving.models import ModelHolder
+from uqa.serving.models import ModelHolder, registration_of
 from uqa.serving.schema import AnswerOut, ErrorOut, RequestError, parse_body, request_schema
 
 log = logging.getLogger(__name__)
@@ -52,23 +50,6 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"the body is over the limit of {limit} bytes", "body")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _lineage(path: Path) -> dict[str, Any]:
-    """What the version says about where it came from: its registration.json (metrics, base model,
-    data source, why it was promoted), with lineage.json under "lineage" when the version has one."""
-    def read(name: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads((path / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    out = read("registration.json") or {}
-    lineage = read("lineage.json")
-    if lineage is not None:
-        out["lineage"] = lineage.get("lineage", lineage)
-    return out
 
 
 def _registry_record(source, resolved) -> dict[str, Any]:
@@ -151,7 +132,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
             "inference": {"max_seq_length": p.max_seq_length, "stride": p.stride, "n_best": p.n_best,
                           "max_answer_length": p.max_answer_length, "no_answer_threshold": p.no_answer_threshold,
                           "sources": p.sources, "windows_per_forward": p.batch_size},
-            "lineage": {**_lineage(r.path), **_registry_record(holder.source, r)},
+            "lineage": {**registration_of(r.path), **_registry_record(holder.source, r)},
             "batching": {**asdict(settings.batch), "waiting": batcher.waiting, **asdict(batcher.stats)},
         }
 

@@ -105,14 +105,21 @@ class ModelSource:
         return h.hexdigest()
 
 
-def _version_of_dir(path: Path) -> str:
-    """A model directory's registry version (its registration.json), else its directory name."""
+def registration_of(path: Path) -> dict[str, Any]:
+    """A model directory's registration.json (version, metrics, promotion, lineage), or {} when it has
+    none or an unreadable one: any model directory can be served, a registered one says more."""
     import json
 
     try:
-        version = json.loads((path / "registration.json").read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        version = None
+        data = json.loads((Path(path) / "registration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _version_of_dir(path: Path) -> str:
+    """A model directory's registry version (its registration.json), else its directory name."""
+    version = registration_of(path).get("version")
     return version if isinstance(version, str) and version else path.resolve().name
 
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def export(model, dest: Path, with_types: bool) -> None:
                                   external_data=False)
         except Exception as exc:  # some architectures trace only with the TorchScript exporter
             log.warning("dynamo ONNX export failed (%s: %s); using the TorchScript exporter",
-                        type(exc).__name__, str(exc)[:200])
+                        type(exc).__name__, first_line(exc, 200))
             axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "start_logits", "end_logits"]}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -113,7 +113,7 @@ def onnx_model(torch_model, model_dir: Path, quantize_int8: bool, with_types: bo
             export(torch_model, fp32, with_types)
         except Exception as exc:
             shutil.rmtree(where, ignore_errors=True)
-            raise UserError(f"{model_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}); "
+            raise UserError(f"{model_dir}: ONNX export failed ({type(exc).__name__}: {first_line(exc)}); "
                             "serve it with --backend torch") from None
     if not quantize_int8:
         return OnnxQA(fp32, threads)

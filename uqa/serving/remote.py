@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 from uqa.git import git
 from uqa.redact import strip_url_credentials
 from uqa.serving.models import Resolved
@@ -112,9 +112,11 @@ class RemoteSource:
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"could not download {self.name}@{version} from the DVC remote of "
-                            f"{strip_url_credentials(self.url)} ({type(exc).__name__}: {str(exc)[:300]}): was `dvc push` run "
-                            "and dvc.lock committed and pushed after registering?") from None
+            # DVC's message may repeat the remote's URL: the credentials come out of all of it
+            raise UserError(strip_url_credentials(
+                f"could not download {self.name}@{version} from the DVC remote of {self.url} "
+                f"({type(exc).__name__}: {first_line(exc)}): was `dvc push` run and dvc.lock committed and "
+                "pushed after registering?")) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s@%s to %s", self.name, version, dest)
