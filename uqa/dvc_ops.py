@@ -142,13 +142,13 @@ def dvc_repo(root: Path) -> Iterator[Any]:
     from dvc.repo import Repo
 
     root = Path(root).resolve()
-    recover_lockfile(root)  # a commit killed last time: its dvc.lock copy back, or one clear error
     with working_dir(root):  # DVC resolves stage names against the cwd
         held = _HELD.get(root)
-        if held is not None:
+        if held is not None:  # locked_workspace checked dvc.lock when it took the lock; no one commits but us
             held._reset()  # what DVC does on each lock acquisition: re-read dvc.yaml/dvc.lock
             yield held
             return
+        recover_lockfile(root)  # a commit killed last time: its dvc.lock copy back, or one clear error
         with Repo(str(root)) as repo:
             yield repo
 
