@@ -26,6 +26,24 @@ def shared_dir(arg: str | None) -> Path:
     return shared
 
 
+def make_project(path: Path, params: dict[str, Any]) -> Path:
+    """tests/conftest.make_project (a git + DVC project with this repository's stages), without the
+    tests' environment: importing conftest sets it in os.environ (single-threaded tokenizer, one OMP
+    thread, offline, its own HF_HOME), and a stage started from a benchmark would inherit it and be
+    measured as a user never runs it. This process's environment is put back as it was."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    saved = dict(os.environ)
+    try:
+        import conftest
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    shutil.rmtree(conftest._HOME, ignore_errors=True)
+    return conftest.make_project(path, params)
+
+
 def answerable_train_sample(shared: Path, n_examples: int, max_seq_length: int = 512, stride: int = 128):
     """n random answerable rows of real UQA train (random_state 0) as the tokenize stage makes them with
     the Urdu tokenizer: (tokenizer, windows without offsets, labels)."""

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, dir_bytes, median, shared_dir, table, write_result
+from common import dir_bytes, median, shared_dir, table, write_result
 
 TINY = {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 514, "type_vocab_size": 1}
@@ -173,8 +173,7 @@ def side_bare(shared: Path, work: Path) -> dict:
 
 def rerun_check(shared: Path, work: Path) -> dict:
     """The no-op: data stages done and recorded in dvc.lock, nothing changed; time the skip decision."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_project
+    from common import make_project
 
     from uqa.dvc_ops import dvc_commit, dvc_status
 

@@ -13,7 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from uqa import layout
+from uqa.arrow_shards import save_table
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.data_source import (
     FINGERPRINT,
@@ -55,8 +58,8 @@ def _load_split_files(split: str, files: list[str]):
         except Exception as exc:
             raise DataError(f"{f}: could not be read as {builder}: {type(exc).__name__}: {first_line(exc)}") from None
         check_schema(part.data.table.schema, f)
-        parts.append(datasets.Dataset(conform(part.data.table)))
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        parts.append(conform(part.data.table))
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
 def _check_unchanged(expected: dict[str, Any], actual: dict[str, Any]) -> None:
@@ -74,7 +77,7 @@ def _check_unchanged(expected: dict[str, Any], actual: dict[str, Any]) -> None:
 
 
 def load_source(params: DataParams, fingerprint: dict[str, Any] | None = None):
-    """Returns ({split: Dataset with the canonical UQA schema}, provenance dict).
+    """Returns ({split: Arrow table with the canonical UQA schema}, provenance dict).
 
     `fingerprint` (data/source.json, from the `source` stage): a hub dataset is loaded at its
     resolved commit, and local files must hash to what it records."""
@@ -100,7 +103,7 @@ def load_source(params: DataParams, fingerprint: dict[str, Any] | None = None):
     out = {}
     for split in SPLITS:
         check_schema(ds[split].data.table.schema, f"{source} [{split}]")
-        out[split] = datasets.Dataset(conform(ds[split].data.table))
+        out[split] = conform(ds[split].data.table)
     provenance = {"kind": "hub", "revision": params.revision,
                   "resolved_revision": resolved or _resolved_now(source, params.revision)}
     return out, provenance
@@ -123,8 +126,8 @@ def download(params: DataParams, out_dir: Path = OUT_DIR, report_path: Path = RE
     rows = {}
     for split in SPLITS:
         with atomic_dir(Path(out_dir) / split) as tmp:
-            splits[split].save_to_disk(str(tmp))
-        rows[split] = len(splits[split])
+            save_table(splits[split], tmp)
+        rows[split] = splits[split].num_rows
         log.info("download: %d %s rows -> %s", rows[split], split, Path(out_dir) / split)
     record = {"source": params.source, **provenance, "rows": rows, "datasets_version": datasets.__version__}
     atomic_write_json(report_path, record)

@@ -13,11 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from uqa import layout
+from uqa.arrow_shards import save_table
 from uqa.atomic import atomic_dir, atomic_write_json
-from uqa.params import DataParams, Params
+from uqa.params import PARAMS_FILE, DataParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -72,33 +74,48 @@ def check_row(row: dict[str, Any], keep_unanswerable: bool) -> tuple[str | None,
     return None, dict(kept, answer=stripped, answer_start=start)
 
 
+CHECKED = ("id", "context", "question", "is_impossible", "answer", "answer_start")  # what check_row reads
+REWRITTEN = ("question", "answer", "answer_start")  # what it may change in a kept row
+
+
 def filter_split(table: pa.Table, keep_unanswerable: bool, split: str) -> tuple[pa.Table, dict[str, Any]]:
-    rows = table.to_pylist()
-    kept: list[dict[str, Any]] = []
+    """The kept rows (the input's columns, REWRITTEN as check_row left them, plus `source_row`) and
+    the split's report. Column by column: only the checked columns become Python values, and the
+    kept rows are taken from the Arrow table as they are (the contexts are never copied)."""
+    values = zip(*(table.column(c).to_pylist() for c in CHECKED), strict=True)
     source_row: list[int] = []
+    rewritten: dict[str, list[Any]] = {c: [] for c in REWRITTEN}
     dropped: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
-    stripped = 0
-    for i, row in enumerate(rows):
+    stripped = answerable_kept = 0
+    for i, row_values in enumerate(values):
+        row = dict(zip(CHECKED, row_values, strict=True))
         reason, out = check_row(row, keep_unanswerable)
         if reason is None:
-            if out["answer"] != row["answer"]:
-                stripped += 1
-            kept.append(out)
+            stripped += out["answer"] != row["answer"]
+            answerable_kept += not out["is_impossible"]
             source_row.append(i)
+            for c in REWRITTEN:
+                rewritten[c].append(out[c])
             continue
         dropped[reason] += 1
         if reason != "unanswerable" and len(examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
             examples[reason].append({"row": i, "id": row["id"]})
-    out_table = pa.Table.from_pylist(kept, schema=table.schema) if kept else table.schema.empty_table()
-    out_table = out_table.append_column("source_row", pa.array(source_row, type=pa.int64()))
+    rows = pa.array(source_row, type=pa.int64())
+    kept = np.zeros(table.num_rows, dtype=bool)
+    kept[source_row] = True
+    out_table = table.filter(pa.array(kept))  # the rows in order: a mask, chunk by chunk, no gather
+    for c in REWRITTEN:
+        out_table = out_table.set_column(out_table.schema.get_field_index(c), table.schema.field(c),
+                                         pa.array(rewritten[c], type=table.schema.field(c).type))
+    out_table = out_table.append_column("source_row", rows)
     report = {
-        "rows_in": len(rows),
-        "rows_kept": len(kept),
+        "rows_in": table.num_rows,
+        "rows_kept": len(source_row),
         "dropped": {r: dropped[r] for r in REASONS if dropped[r]},
         "answers_stripped": stripped,
-        "answerable_kept": sum(1 for r in kept if not r["is_impossible"]),
-        "unanswerable_kept": sum(1 for r in kept if r["is_impossible"]),
+        "answerable_kept": answerable_kept,
+        "unanswerable_kept": len(source_row) - answerable_kept,
         "examples": examples,
     }
     assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
@@ -118,7 +135,7 @@ def filter_rows(
         raw = datasets.load_from_disk(str(Path(in_dir) / split))
         table, report[split] = filter_split(raw.data.table, params.keep_unanswerable, split)
         with atomic_dir(Path(out_dir) / split) as tmp:
-            datasets.Dataset(table).save_to_disk(str(tmp))
+            save_table(table, tmp)
         log.info(
             "filter [%s]: %d in, %d kept, dropped %s, %d answers stripped",
             split, report[split]["rows_in"], report[split]["rows_kept"], report[split]["dropped"],
@@ -128,7 +145,7 @@ def filter_rows(
     return report
 
 
-def run(params: Params, params_file: str = "params.yaml") -> Any:
+def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
     """The stage as `dvc repro` and the Prefect flow both run it."""
     return filter_rows(params.data)
 

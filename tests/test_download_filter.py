@@ -59,7 +59,7 @@ def test_download_data_files_per_split(tmp_path):
 def test_download_formats(tmp_path, fmt):
     path = _write(tmp_path, [ROW, {**ROW, "id": "q2"}], fmt)
     splits, _ = load_source(DataParams(source={"train": str(path), "validation": str(path)}))
-    assert len(splits["train"]) == 2 and splits["train"][0]["answer"] == "پاکستان"
+    assert splits["train"].num_rows == 2 and splits["train"].column("answer")[0].as_py() == "پاکستان"
 
 
 def test_missing_column_names_file_and_column(tmp_path):
@@ -92,12 +92,12 @@ def test_download_reads_what_the_fingerprint_describes(tmp_path, monkeypatch):
 def test_a_file_replaced_with_the_same_mtime_is_read_afresh(tmp_path):
     path = _write(tmp_path, [ROW, {**ROW, "id": "q2"}, {**ROW, "id": "q3"}])
     params = DataParams(source={"train": str(path), "validation": str(path)})
-    assert len(load_source(params)[0]["train"]) == 3
+    assert load_source(params)[0]["train"].num_rows == 3
     stat = path.stat()
     _write(tmp_path, [ROW])  # new content, old mtime (cp -p, rsync -a, an unpacked archive)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     splits, provenance = load_source(params)
-    assert len(splits["train"]) == 1
+    assert splits["train"].num_rows == 1
     assert provenance["files"]["train"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 

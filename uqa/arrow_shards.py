@@ -130,6 +130,15 @@ def write_dataset_files(directory: Path, count: int, features: dict, digests: li
                                                  encoding="utf-8")
 
 
+def save_table(table: pa.Table, directory: Path) -> None:
+    """`Dataset(table).save_to_disk(directory)`, as one shard, with the fingerprint taken from the
+    shard's bytes: datasets would fingerprint an in-memory table by pickling all of it (1.3 s of the
+    download stage's 3.6 s on full UQA), and save_to_disk writes the same files otherwise."""
+    name = "data-00000-of-00001.arrow"
+    features, digest = write_shard(table, str(Path(directory) / name))
+    write_dataset_files(Path(directory), 1, features, [digest])
+
+
 def combine_digests(digests: list[str]) -> str:
     import xxhash
 
