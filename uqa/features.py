@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from uqa import segments
+from uqa.segments import Cuts
+
 NO_CHAR = -1  # char offset stored for tokens that are not context (question, specials)
 
 
@@ -81,6 +84,16 @@ class _Texts:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.splits)
+
+    def joined(self, cuts: Cuts) -> _Texts:
+        """The texts' tokens from their pieces' (these texts are the pieces): each text's pieces in
+        order, offsets shifted to where the piece starts in the text (uqa/segments.py)."""
+        per_entry = self.lengths[cuts.piece_of]
+        take = _ranges(self.splits[:-1][cuts.piece_of], per_entry)
+        shift = np.repeat(cuts.piece_start.astype(self.offsets.dtype), per_entry)
+        ends = np.zeros(len(per_entry) + 1, dtype=np.int64)
+        np.cumsum(per_entry, out=ends[1:])
+        return _Texts(self.ids[take], self.offsets[take] + shift[:, None], ends[cuts.entries])
 
 
 class _TextsBuilder:
@@ -409,6 +422,25 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
     through one tokenizer pipeline (the tokenize stage's chunks: the tokenizer never waits for the
     next chunk to be read, and only the chunk being copied and the next one are in memory)."""
 
+    cutting: dict[str, Any] = {}  # decided once per call, on the first chunk with enough contexts
+
+    def cut(texts: list[str]) -> Cuts | None:
+        """The chunk's contexts as distinct sentences, when this tokenizer allows it (uqa/segments.py)."""
+        if len(texts) < segments.MIN_TEXTS or cutting.get("added") is False:
+            return None
+        if "added" not in cutting:
+            cutting["added"] = segments.cuttable_added_tokens(backend)
+            if cutting["added"] is None:
+                cutting["added"] = False
+                return None
+        cuts = segments.cut_texts(texts, cutting["added"])
+        if "checked" not in cutting:
+            cutting["checked"] = True
+            if not segments.agrees_with_whole(backend, texts, cuts):
+                cutting["added"] = False
+                return None
+        return cuts
+
     def items() -> Iterator[tuple[str, Any]]:
         for questions, contexts in pairs:
             distinct: dict[str, int] = {}
@@ -416,22 +448,25 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
                                      count=len(contexts))
             questions, texts = list(questions), list(distinct)
             del distinct
-            yield "start", context_of
+            cuts = cut(texts)
+            yield "start", (context_of, cuts)
             for a in range(0, len(questions), CHUNK):
                 yield "question", questions[a : a + CHUNK]
-            for a in range(0, len(texts), CHUNK):
-                yield "context", texts[a : a + CHUNK]
+            pieces = texts if cuts is None else cuts.pieces
+            for a in range(0, len(pieces), CHUNK):
+                yield "context", pieces[a : a + CHUNK]
             yield "end", None
 
-    context_of = None
+    context_of = cuts = None
     builders: dict[str, _TextsBuilder] = {}
     for tag, payload in _pipelined(backend, items()):
         if tag == "start":
-            context_of = payload
+            context_of, cuts = payload
             builders = {"question": _TextsBuilder(with_offsets=False), "context": _TextsBuilder(with_offsets=True)}
         elif tag == "end":
-            yield EncodedPairs(template, builders["question"].build(), builders["context"].build(), context_of,
-                               with_type_ids)
+            contexts = builders["context"].build()
+            yield EncodedPairs(template, builders["question"].build(),
+                               contexts if cuts is None else contexts.joined(cuts), context_of, with_type_ids)
             builders = {}
         else:
             builders[tag].add(payload)
