@@ -1,11 +1,13 @@
 """Question/context pairs -> sliding-window features with token labels, as flat numpy arrays.
 
 Every distinct context is tokenized once (SQuAD asks several questions per paragraph; UQA's
-per-row translation leaves 74,391 distinct contexts among its 83,018 answerable train rows) and every
-question once, without special tokens; the windows are then assembled with numpy exactly as the
-tokenizer's own `truncation="only_second"` + `stride` + overflow would build them (the pair
-template read off the tokenizer). The whole-pair lengths that `max_seq_length: auto` needs come
-from the same pass. Labels are computed for all windows at once with numpy.
+per-row translation leaves 74,391 distinct contexts among its 83,018 answerable train rows), in bulk
+as its distinct sentences where the tokenizer allows it (uqa/segments.py: the translations share
+most sentences), and every question once, without special tokens; the windows are then
+assembled with numpy exactly as the tokenizer's own `truncation="only_second"` + `stride` +
+overflow would build them (the pair template read off the tokenizer). The whole-pair lengths that
+`max_seq_length: auto` needs come from the same pass. Labels are computed for all windows at once
+with numpy.
 
 The tokenize stage works on chunks of rows (`encode_stream`: one tokenizer pipeline through all of
 them) and keeps each chunk's tokens on disk between its length pass and its window pass
