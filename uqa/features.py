@@ -424,24 +424,7 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
     through one tokenizer pipeline (the tokenize stage's chunks: the tokenizer never waits for the
     next chunk to be read, and only the chunk being copied and the next one are in memory)."""
 
-    cutting: dict[str, Any] = {}  # decided once per call, on the first chunk with enough contexts
-
-    def cut(texts: list[str]) -> Cuts | None:
-        """The chunk's contexts as distinct sentences, when this tokenizer allows it (uqa/segments.py)."""
-        if len(texts) < segments.MIN_TEXTS or cutting.get("added") is False:
-            return None
-        if "added" not in cutting:
-            cutting["added"] = segments.cuttable_added_tokens(backend)
-            if cutting["added"] is None:
-                cutting["added"] = False
-                return None
-        cuts = segments.cut_texts(texts, cutting["added"])
-        if "checked" not in cutting:
-            cutting["checked"] = True
-            if not segments.agrees_with_whole(backend, texts, cuts):
-                cutting["added"] = False
-                return None
-        return cuts
+    cutter = segments.Cutter(backend)  # contexts as distinct sentences, where the tokenizer allows it
 
     def items() -> Iterator[tuple[str, Any]]:
         for questions, contexts in pairs:
@@ -450,7 +433,7 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
                                      count=len(contexts))
             questions, texts = list(questions), list(distinct)
             del distinct
-            cuts = cut(texts)
+            cuts = cutter.cut(texts)
             yield "start", (context_of, cuts)
             for a in range(0, len(questions), CHUNK):
                 yield "question", questions[a : a + CHUNK]

@@ -139,3 +139,30 @@ def agrees_with_whole(backend, texts: list[str], cuts: Cuts) -> bool:
                         "whole. Please report it with the tokenizer's name.", t)
             return False
     return True
+
+
+class Cutter:
+    """cut_texts for one call's chunks with one tokenizer: decided on the first chunk with at least
+    MIN_TEXTS contexts (the tokenizer's definition, then the first cut texts tokenized both ways),
+    kept for the chunks after it."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.added: list[str] | None = None  # the added tokens' contents, once the tokenizer qualifies
+        self.decided = False
+
+    def cut(self, texts: list[str]) -> Cuts | None:
+        """These distinct contexts as distinct sentences, or None: tokenize them whole."""
+        if len(texts) < MIN_TEXTS or (self.decided and self.added is None):
+            return None
+        if self.decided:
+            return cut_texts(texts, self.added)
+        self.decided = True
+        self.added = cuttable_added_tokens(self.backend)
+        if self.added is None:
+            return None
+        cuts = cut_texts(texts, self.added)
+        if not agrees_with_whole(self.backend, texts, cuts):
+            self.added = None
+            return None
+        return cuts
