@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +27,31 @@ def shared_dir(arg: str | None) -> Path:
     return shared
 
 
-def make_project(path: Path, params: dict[str, Any]) -> Path:
-    """tests/conftest.make_project (a git + DVC project with this repository's stages), without the
-    tests' environment: importing conftest sets it in os.environ (single-threaded tokenizer, one OMP
-    thread, offline, its own HF_HOME), and a stage started from a benchmark would inherit it and be
-    measured as a user never runs it. This process's environment is put back as it was."""
+@contextlib.contextmanager
+def tests_importable() -> Iterator[None]:
+    """Import from tests/ (conftest, a test module) without taking on the tests' environment:
+    importing conftest sets it in os.environ (single-threaded tokenizer, one OMP thread, offline,
+    its own HF_HOME), and a stage started from a benchmark would inherit it and be measured as a
+    user never runs it. This process's environment is put back as it was on the way out."""
     import shutil
 
     sys.path.insert(0, str(ROOT / "tests"))
     saved = dict(os.environ)
     try:
-        import conftest
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    shutil.rmtree(conftest._HOME, ignore_errors=True)
+        conftest = sys.modules.get("conftest")
+        if conftest is not None:
+            shutil.rmtree(conftest._HOME, ignore_errors=True)
+
+
+def make_project(path: Path, params: dict[str, Any]) -> Path:
+    """tests/conftest.make_project (a git + DVC project with this repository's stages), in this
+    benchmark's environment (tests_importable)."""
+    with tests_importable():
+        import conftest
     return conftest.make_project(path, params)
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, dir_bytes, median, shared_dir, table, write_result
+from common import dir_bytes, median, shared_dir, table, write_result
 
 TINY = {"model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 514, "type_vocab_size": 1}
@@ -101,18 +101,11 @@ def child_tokenize(shared: Path, work: Path, rows: int, num_proc: int) -> dict:
 
 def child_previous(shared: Path, work: Path, rows: int, num_proc: int) -> dict:
     """The stage before shards (every split in memory), then: is its output the new stage's?"""
-    import shutil
-
     import datasets
+    from common import tests_importable
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    saved = dict(os.environ)
-    import conftest  # (imported by the test module) sets the tests' environment: single-threaded tokenizer
-    from test_tokenize import reference_tokenize_splits
-
-    os.environ.clear()
-    os.environ.update(saved)  # this benchmark's environment, as for the other sides
-    shutil.rmtree(conftest._HOME, ignore_errors=True)
+    with tests_importable():  # this benchmark's environment, as for the other sides
+        from test_tokenize import reference_tokenize_splits
 
     p = _params(shared, work, 1)
     t0 = time.perf_counter()

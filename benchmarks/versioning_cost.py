@@ -80,15 +80,16 @@ def side_seed(shared: Path, work: Path, demo: bool, profile: Path | None) -> dic
 def side_floor(shared: Path, work: Path, demo: bool, profile: Path | None) -> dict:
     import pyarrow.parquet as pq
 
+    from tasks.tokenize import first_row_per_id
     from uqa.features import CHUNK, prepare_backend
     from uqa.tokenizer import load_tokenizer
 
     texts = []
     for split in ("train", "validation"):
         rows = pq.read_table(shared / f"data/uqa/{split}.parquet").to_pydict()
-        seen: set[str] = set()
-        keep = [i for i, impossible in enumerate(rows["is_impossible"]) if not impossible
-                and (split == "train" or not (rows["id"][i] in seen or seen.add(rows["id"][i])))]
+        keep = [i for i, impossible in enumerate(rows["is_impossible"]) if not impossible]
+        if split == "validation":  # the stage keeps an id's first row (first_row_per_id)
+            keep = [keep[k] for k in first_row_per_id([rows["id"][i] for i in keep])]
         texts += [rows["question"][i].strip() for i in keep] + list(dict.fromkeys(rows["context"][i] for i in keep))
     t0 = time.perf_counter()
     backend = prepare_backend(load_tokenizer(project_params(shared, demo)["model"]["tokenizer"]).backend_tokenizer)
