@@ -14,8 +14,8 @@ processed in chunks of CHUNK_ROWS examples, and each chunk's features are writte
 split (`data-0000k-of-0000n.arrow`, a multi-file `save_to_disk` directory that
 `datasets.load_from_disk` reads as one dataset). Two passes over the chunks:
 
-  1. tokenize: every question and distinct context of the chunk once (a context as its distinct
-     sentences, where the tokenizer cuts there anyway: uqa/segments.py), without special tokens (one
+  1. tokenize: every question and distinct context of the chunk once (as their distinct words,
+     where the tokenizer cuts there anyway: uqa/segments.py), without special tokens (one
      tokenizer pipeline through all the chunks: the next chunk is read while the tokenizer works);
      the tokens go to a spill file inside the split's temporary output directory, and only the
      longest pair / question and the largest token id are kept (`max_seq_length: auto` needs the

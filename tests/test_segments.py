@@ -1,5 +1,5 @@
-"""Contexts tokenized sentence by sentence (uqa/segments.py) give exactly the whole-context tokens,
-and a tokenizer that does not treat the space after a sentence as a boundary is never cut."""
+"""Texts tokenized word by word (uqa/segments.py) give exactly the whole-text tokens, and a
+tokenizer that does not treat a space between words as a boundary is never cut."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from uqa.features import PairTemplate, encode_stream, prepare_backend
 from uqa.segments import cut_texts, cuttable_added_tokens
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-# sentence ends with what must not be cut: a combining mark or a joining letter after the space, two
-# spaces, a digit after a full stop, an added token's text, a text that starts or ends with a space
+# words with the spaces that must not be cut: before a combining mark or a joining letter, two
+# spaces, after a prepended sign (U+0600, a format character; U+0D4E, a letter) or a zero-width
+# non-joiner, an added token's text, a text that starts or ends with a space; other whitespace
+# (tab, newline, no-break space) is left inside the pieces
 EDGE_TEXTS = [
     "پاکستان ایک ملک ہے۔ اس کا دارالحکومت اسلام آباد ہے۔ یہ 1947 میں بنا۔",
     "پہلا جملہ۔ \u0651دوسرا جملہ۔  تیسرا جملہ! چوتھا؟ پانچواں. 3. 5 چھٹا",
@@ -28,6 +30,8 @@ EDGE_TEXTS = [
     "پاکستان ایک ملک ہے۔ اس کا دارالحکومت اسلام آباد ہے۔ یہ 1947 میں بنا۔ نیا جملہ۔",
     "",
     "no end. Two sentences. Digits 1. 2. Three",
+    "\u0600 ١٢٣ سال اور \u0d4e ക ہے",
+    "ٹیب\tوالا\nمتن\u00a0اور\u200c ZWNJ والا",
 ]
 
 
@@ -77,10 +81,20 @@ def test_cut_tokenizers_give_the_whole_text_tokens(normalizer, pre_tokenizer, mo
     tok.add_special_tokens(SPECIALS)
     assert cuttable_added_tokens(tok) == SPECIALS
     cuts = cut_texts(EDGE_TEXTS, SPECIALS)
-    assert int(cuts.entries[1] - cuts.entries[0]) == 3  # the plain Urdu text is cut at its sentence ends
-    assert int(cuts.entries[4] - cuts.entries[3]) == 1  # the text holding <mask> is not
-    assert cuts.pieces.count("پاکستان ایک ملک ہے۔") == 1  # a sentence two texts share is tokenized once
-    assert "پہلا جملہ۔ \u0651دوسرا جملہ۔  تیسرا جملہ!" in cuts.pieces  # no cut before a mark or at two spaces
+    texts = [[cuts.pieces[k] for k in cuts.piece_of[cuts.entries[t]:cuts.entries[t + 1]]] for t in range(len(EDGE_TEXTS))]
+    assert texts[0] == EDGE_TEXTS[0].split(" ")  # the plain Urdu text is cut at every space
+    assert texts[3] == [EDGE_TEXTS[3]]  # the text holding <mask> is not cut
+    assert cuts.pieces.count("پاکستان") == 1  # a word that texts share is tokenized once
+    assert texts[1][:3] == ["پہلا", "جملہ۔ \u0651دوسرا", "جملہ۔  تیسرا"]  # no cut before a mark or at two spaces
+    assert texts[2] == ["ไทย. \u0e33ไทย.", "ไทย"]  # no cut before a vowel that joins the space
+    assert texts[4][0] == " شروع" and texts[4][-1] == "جگہ۔ "
+    assert texts[8] == ["\u0600 ١٢٣", "سال", "اور", "\u0d4e ക", "ہے"]
+    assert texts[9] == ["ٹیب\tوالا\nمتن\u00a0اور\u200c ZWNJ", "والا"]
+    assert ["".join(p) for p in texts] != EDGE_TEXTS  # (the cut spaces are no piece's)
+    assert [" ".join(p) for p in texts] == EDGE_TEXTS
+    for t, pieces in enumerate(texts):  # each piece starts where it stands in its text
+        for k, piece in zip(range(cuts.entries[t], cuts.entries[t + 1]), pieces, strict=True):
+            assert EDGE_TEXTS[t][cuts.piece_start[k]:].startswith(piece)
     assert _joined(tok, EDGE_TEXTS) == _whole(tok, EDGE_TEXTS)
 
 
@@ -93,7 +107,7 @@ def test_cut_tokenizers_give_the_whole_text_tokens(normalizer, pre_tokenizer, mo
     {"normalizer": {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}},
     {"normalizer": {"type": "Prepend", "prepend": "▁"}},
 ])
-def test_tokenizers_that_may_join_sentences_are_not_cut(change):
+def test_tokenizers_that_may_join_words_are_not_cut(change):
     tok = _trained(normalizers.NFKC(), XLMR_LIKE, EDGE_TEXTS * 3)
     spec = json.loads(tok.to_str())
     spec.update(change)
@@ -108,7 +122,7 @@ def test_a_normalized_added_token_is_not_cut():
 
 
 def test_a_wrong_verdict_costs_speed_not_tokens(monkeypatch, caplog):
-    """Metaspace alone puts the space into the next sentence's first token: cutting there would
+    """Metaspace alone puts the space into the next word's first token: cutting there would
     move offsets. Told (wrongly) that it may be cut, the check on the first texts catches it."""
     tok = _trained(normalizers.NFKC(), pre_tokenizers.Metaspace(), EDGE_TEXTS * 3)
     texts = [f"{t} {i}۔ جملہ {i}" for i in range(20) for t in EDGE_TEXTS[:2]]
@@ -124,9 +138,9 @@ def test_a_wrong_verdict_costs_speed_not_tokens(monkeypatch, caplog):
 
 
 @needs_shared
-def test_real_uqa_by_sentence_equals_whole_contexts(monkeypatch):
+def test_real_uqa_by_word_equals_whole_texts(monkeypatch):
     """XLM-R's Urdu tokenizer as transformers loads it, on 3,000 real UQA rows: the stage's encoding
-    (contexts cut into distinct sentences) is the whole-context encoding, token for token."""
+    (questions and contexts cut into distinct words) is the whole-text encoding, token for token."""
     from uqa.tokenizer import load_tokenizer
 
     rows = pd.read_parquet(UQA_DIR / "train.parquet").iloc[:3000]
@@ -137,8 +151,11 @@ def test_real_uqa_by_sentence_equals_whole_contexts(monkeypatch):
     [cut] = encode_stream(backend, template, [(questions, contexts)])
     monkeypatch.setattr(segments, "MIN_TEXTS", 10**9)
     [whole] = encode_stream(backend, template, [(questions, contexts)])
-    n_distinct = len(set(contexts))
-    assert len(cut_texts(list(dict.fromkeys(contexts)), []).pieces) > n_distinct  # it was cut
+    context_cuts = cut_texts(list(dict.fromkeys(contexts)), [])
+    assert len(context_cuts.piece_of) > 10 * len(set(contexts))  # it was cut: word by word
+    assert len(context_cuts.pieces) < len(context_cuts.piece_of) / 10  # and each distinct word once
     for field in ("ids", "offsets", "splits"):
         assert np.array_equal(getattr(cut.contexts, field), getattr(whole.contexts, field)), field
+    for field in ("ids", "splits"):
+        assert np.array_equal(getattr(cut.questions, field), getattr(whole.questions, field)), field
     assert np.array_equal(cut.context_of, whole.context_of)

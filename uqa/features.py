@@ -1,9 +1,10 @@
 """Question/context pairs -> sliding-window features with token labels, as flat numpy arrays.
 
 Every distinct context is tokenized once (SQuAD asks several questions per paragraph; UQA's
-per-row translation leaves 74,391 distinct contexts among its 83,018 answerable train rows), in bulk
-as its distinct sentences where the tokenizer allows it (uqa/segments.py: the translations share
-most sentences), and every question once, without special tokens; the windows are then
+per-row translation leaves 74,391 distinct contexts among its 83,018 answerable train rows), and
+every question once, in bulk and without special tokens; where the tokenizer allows it, both go
+through the tokenizer as their distinct words (uqa/segments.py: 11.3 million words of the train
+contexts, 103,319 distinct ones), and their tokens are joined back together. The windows are then
 assembled with numpy exactly as the tokenizer's own `truncation="only_second"` + `stride` +
 overflow would build them (the pair template read off the tokenizer). The whole-pair lengths that
 `max_seq_length: auto` needs come from the same pass. Labels are computed for all windows at once
@@ -92,10 +93,12 @@ class _Texts:
         order, offsets shifted to where the piece starts in the text (uqa/segments.py)."""
         per_entry = self.lengths[cuts.piece_of]
         take = _ranges(self.splits[:-1][cuts.piece_of], per_entry)
-        shift = np.repeat(cuts.piece_start.astype(self.offsets.dtype), per_entry)
         ends = np.zeros(len(per_entry) + 1, dtype=np.int64)
         np.cumsum(per_entry, out=ends[1:])
-        return _Texts(self.ids[take], self.offsets[take] + shift[:, None], ends[cuts.entries])
+        offsets = self.offsets
+        if len(offsets):  # texts tokenized with their offsets (contexts; questions have none)
+            offsets = offsets[take] + np.repeat(cuts.piece_start.astype(offsets.dtype), per_entry)[:, None]
+        return _Texts(self.ids[take], offsets, ends[cuts.entries])
 
 
 class _TextsBuilder:
@@ -424,7 +427,7 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
     through one tokenizer pipeline (the tokenize stage's chunks: the tokenizer never waits for the
     next chunk to be read, and only the chunk being copied and the next one are in memory)."""
 
-    cutter = segments.Cutter(backend)  # contexts as distinct sentences, where the tokenizer allows it
+    cutter = segments.Cutter(backend)  # texts as distinct words, where the tokenizer allows it
 
     def items() -> Iterator[tuple[str, Any]]:
         for questions, contexts in pairs:
@@ -433,24 +436,25 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
                                      count=len(contexts))
             questions, texts = list(questions), list(distinct)
             del distinct
-            cuts = cutter.cut(texts)
-            yield "start", (context_of, cuts)
-            for a in range(0, len(questions), CHUNK):
-                yield "question", questions[a : a + CHUNK]
+            cuts, question_cuts = cutter.cut(texts), cutter.cut(questions)
+            yield "start", (context_of, cuts, question_cuts)
+            pieces = questions if question_cuts is None else question_cuts.pieces
+            for a in range(0, len(pieces), CHUNK):
+                yield "question", pieces[a : a + CHUNK]
             pieces = texts if cuts is None else cuts.pieces
             for a in range(0, len(pieces), CHUNK):
                 yield "context", pieces[a : a + CHUNK]
             yield "end", None
 
-    context_of = cuts = None
+    context_of = cuts = question_cuts = None
     builders: dict[str, _TextsBuilder] = {}
     for tag, payload in _pipelined(backend, items()):
         if tag == "start":
-            context_of, cuts = payload
+            context_of, cuts, question_cuts = payload
             builders = {"question": _TextsBuilder(with_offsets=False), "context": _TextsBuilder(with_offsets=True)}
         elif tag == "end":
-            contexts = builders["context"].build()
-            yield EncodedPairs(template, builders["question"].build(),
+            contexts, questions = builders["context"].build(), builders["question"].build()
+            yield EncodedPairs(template, questions if question_cuts is None else questions.joined(question_cuts),
                                contexts if cuts is None else contexts.joined(cuts), context_of, with_type_ids)
             builders = {}
         else:
