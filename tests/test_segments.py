@@ -32,6 +32,7 @@ EDGE_TEXTS = [
     "no end. Two sentences. Digits 1. 2. Three",
     "\u0600 ١٢٣ سال اور \u0d4e ക ہے",
     "ٹیب\tوالا\nمتن\u00a0اور\u200c ZWNJ والا",
+    "ab \U00011a84 cd \U0001f600 ef \U0001d400x",
 ]
 
 
@@ -90,6 +91,9 @@ def test_cut_tokenizers_give_the_whole_text_tokens(normalizer, pre_tokenizer, mo
     assert texts[4][0] == " شروع" and texts[4][-1] == "جگہ۔ "
     assert texts[8] == ["\u0600 ١٢٣", "سال", "اور", "\u0d4e ക", "ہے"]
     assert texts[9] == ["ٹیب\tوالا\nمتن\u00a0اور\u200c ZWNJ", "والا"]
+    # above the Basic Multilingual Plane: no cut after a prepended letter (U+11A84) nor before a
+    # symbol (an emoji); a cut after the emoji and before a mathematical letter
+    assert texts[10] == ["ab", "\U00011a84 cd \U0001f600", "ef", "\U0001d400x"]
     assert ["".join(p) for p in texts] != EDGE_TEXTS  # (the cut spaces are no piece's)
     assert [" ".join(p) for p in texts] == EDGE_TEXTS
     for t, pieces in enumerate(texts):  # each piece starts where it stands in its text
@@ -159,3 +163,16 @@ def test_real_uqa_by_word_equals_whole_texts(monkeypatch):
     for field in ("ids", "splits"):
         assert np.array_equal(getattr(cut.questions, field), getattr(whole.questions, field)), field
     assert np.array_equal(cut.context_of, whole.context_of)
+
+
+def test_code_points_are_read_off_utf8_bytes():
+    rng = np.random.default_rng(0)
+    alphabet = [chr(c) for c in (0x20, 0x41, 0x7F, 0x80, 0x627, 0x651, 0x7FF, 0x800, 0x6D4, 0xE33, 0xD4E, 0xFFFD,
+                                 0xFFFF, 0x10000, 0x11A84, 0x1D400, 0x1F600, 0x10FFFF)]
+    text = "".join(rng.choice(alphabet, size=500))
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    starts = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])[:-1]
+    assert segments._code_points(data, starts).tolist() == [ord(ch) for ch in text]
+    for char_class, predicate in ((segments._FOLLOW, segments._may_follow_cut),
+                                  (segments._PRECEDE, segments._may_precede_cut)):
+        assert char_class.at(data, starts).tolist() == [predicate(ch) for ch in text]

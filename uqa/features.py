@@ -161,6 +161,23 @@ def _pipelined(backend: Tokenizer, items: Iterator[tuple[str, Any]]) -> Iterator
                 yield tag, payload
 
 
+def _run_ahead(items: Iterable[Any]) -> Iterator[Any]:
+    """`items`, each produced in a helper thread while the caller works on the one before (reading
+    and cutting the next chunk of rows runs mostly in Arrow and numpy, without the GIL, while this
+    chunk's tokens are joined). An exception in `items` reaches the caller; a caller that stops
+    early waits for the one item under way, no more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = object()
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        item = pool.submit(next, it, done)
+        while (current := item.result()) is not done:
+            item = pool.submit(next, it, done)
+            yield current
+            del current
+
+
 def _tokenize_texts(backend: Tokenizer, texts: list[str], with_offsets: bool = True) -> _Texts:
     """Chunks of texts through the tokenizer; the next chunk is encoded (in Rust, without the GIL)
     while this one is copied into numpy."""
@@ -429,14 +446,17 @@ def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tu
 
     cutter = segments.Cutter(backend)  # texts as distinct words, where the tokenizer allows it
 
-    def items() -> Iterator[tuple[str, Any]]:
+    def prepared() -> Iterator[tuple]:
         for questions, contexts in pairs:
             distinct: dict[str, int] = {}
             context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
                                      count=len(contexts))
             questions, texts = list(questions), list(distinct)
             del distinct
-            cuts, question_cuts = cutter.cut(texts), cutter.cut(questions)
+            yield context_of, questions, texts, cutter.cut(texts), cutter.cut(questions)
+
+    def items() -> Iterator[tuple[str, Any]]:
+        for context_of, questions, texts, cuts, question_cuts in _run_ahead(prepared()):
             yield "start", (context_of, cuts, question_cuts)
             pieces = questions if question_cuts is None else question_cuts.pieces
             for a in range(0, len(pieces), CHUNK):

@@ -99,42 +99,93 @@ class Cuts:
 
 def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     """Each text cut at its cuttable spaces (a text holding an added token stays whole), the pieces
-    made distinct across all texts. Done in Arrow's compute kernels: a chunk of contexts holds
-    millions of words, far too many for a Python loop."""
+    made distinct across all texts. Worked out on the texts' UTF-8 bytes with numpy and Arrow: a
+    chunk of contexts holds millions of words, far too many for a Python loop."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     column = pa.array(texts, type=pa.large_string())
-    parts_per_text = pc.split_pattern(column, " ")  # every space: the parts joined by " " are the text
-    parts = parts_per_text.flatten()
-    text_parts = np.asarray(parts_per_text.offsets, dtype=np.int64)  # text t: parts text_parts[t]:[t+1]
-    n_parts = len(parts)
-    # a new piece starts at each text's first part and after each cuttable space: one whose next part
-    # starts with a letter or digit and whose previous part ends with a character the space does not
-    # join (both parts non-empty: no cut next to another space)
-    starts = np.zeros(n_parts, dtype=bool)
-    if n_parts > 1:
-        first_ok = _chars_where(pc.utf8_slice_codeunits(parts, 0, 1), _may_follow_cut)
-        last_ok = _chars_where(pc.utf8_slice_codeunits(parts, -1), _may_precede_cut)
-        starts[1:] = first_ok[1:] & last_ok[:-1]
-        if added_tokens:
-            whole = _holding_any(column, added_tokens)
-            starts &= ~np.repeat(whole, np.diff(text_parts))
-    starts[text_parts[:-1][np.diff(text_parts) > 0]] = True
-    piece_parts = np.append(np.flatnonzero(starts), n_parts)
-    if len(piece_parts) - 1 == n_parts:
-        pieces = parts
-    else:  # parts between cuts back into one piece, with the spaces that were not cut
-        pieces = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(piece_parts), parts),
-                                pa.scalar(" ", pa.large_string()))
-    entries = np.searchsorted(piece_parts, text_parts)  # text t: pieces entries[t]:entries[t+1]
-    # where each piece starts in its text: the lengths (and cut spaces) of the text's pieces before it
+    _, offsets_buffer, data_buffer = column.buffers()
+    text_bytes = np.frombuffer(offsets_buffer, dtype=np.int64)[: len(texts) + 1]  # text t: bytes [t]:[t+1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[: int(text_bytes[-1])] if data_buffer else np.zeros(0, np.uint8)
+    cuts = np.flatnonzero(data == 0x20)  # a space's byte is never part of another character's
+    # a cut: a space inside its text (neither its first nor its last byte), before a character that
+    # may follow a cut and after one that may precede it
+    text_edge = np.zeros(len(data) + 1, dtype=bool)
+    text_edge[text_bytes] = True
+    cuts = cuts[~text_edge[cuts] & ~text_edge[cuts + 1]]
+    if len(cuts):
+        before = cuts - 1
+        for _ in range(3):  # back over continuation bytes to the start of the character before
+            before -= (data[before] & 0xC0) == 0x80
+        cuts = cuts[_FOLLOW.at(data, cuts + 1) & _PRECEDE.at(data, before)]
+    if len(cuts) and added_tokens and (whole := _holding_any(column, added_tokens)).any():
+        cuts = cuts[~whole[np.searchsorted(text_bytes, cuts, side="right") - 1]]
+    # the pieces in order: each text's first, then one after each of its cuts (text t's first is
+    # piece t + the cuts before it)
+    entries = np.arange(len(texts) + 1, dtype=np.int64) + np.searchsorted(cuts, text_bytes)
+    first = np.zeros(int(entries[-1]), dtype=bool)
+    first[entries[:-1]] = True
+    piece_bytes = np.empty(len(first) + 1, dtype=np.int64)
+    piece_bytes[:-1][first] = text_bytes[:-1]
+    piece_bytes[:-1][~first] = cuts + 1
+    # in the bytes without the cut spaces each piece is one slice (before piece k: the cuts among
+    # pieces 0..k, one per piece that is not a text's first)
+    piece_bytes[:-1] -= np.cumsum(~first)
+    piece_bytes[-1] = len(data) - len(cuts)
+    pieces = pa.LargeStringArray.from_buffers(len(first), pa.py_buffer(piece_bytes),
+                                              pa.py_buffer(np.delete(data, cuts)))
+    # where each piece starts in its text, in characters: the text's pieces before it and their cuts
     step = pc.utf8_length(pieces).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-    before = np.zeros(len(step) + 1, dtype=np.int64)
-    np.cumsum(step, out=before[1:])
-    piece_start = before[:-1] - np.repeat(before[entries[:-1]], np.diff(entries))
+    chars_before = np.zeros(len(step) + 1, dtype=np.int64)
+    np.cumsum(step, out=chars_before[1:])
+    piece_start = chars_before[:-1] - np.repeat(chars_before[entries[:-1]], np.diff(entries))
     distinct = pc.dictionary_encode(pieces)
     return Cuts(distinct.dictionary.to_pylist(), distinct.indices.to_numpy().astype(np.int64), piece_start, entries)
+
+
+def _code_points(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The code points of the UTF-8 characters that start at byte positions `at` of `data`."""
+    last = len(data) - 1
+    b0 = data[at].astype(np.uint32)
+    b1, b2, b3 = (data[np.minimum(at + k, last)].astype(np.uint32) & 0x3F for k in (1, 2, 3))
+    return np.where(b0 < 0x80, b0, np.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | b1, np.where(
+        b0 < 0xF0, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3)))
+
+
+class _CharClass:
+    """A predicate on characters, asked of the UTF-8 characters at given byte positions: a table by
+    a character's first two bytes (every character of one or two bytes: Latin, Arabic, Urdu), one
+    over all code points for the longer ones (filled as they turn up)."""
+
+    def __init__(self, predicate) -> None:
+        self.predicate = predicate
+        self.by_bytes: np.ndarray | None = None  # int8 [first byte << 8 | second byte]: 1 yes, 0 no, -1 longer
+        self.by_code_point = np.full(0x110000, -1, dtype=np.int8)  # -1: not asked yet
+
+    def at(self, data: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.by_bytes is None:
+            self.by_bytes = self._byte_table()
+        key = (data[positions].astype(np.uint16) << 8) | data[np.minimum(positions + 1, len(data) - 1)]
+        verdict = self.by_bytes[key]
+        longer = np.flatnonzero(verdict < 0)
+        if len(longer):
+            verdict[longer] = self.of(_code_points(data, positions[longer]))
+        return verdict.astype(bool)
+
+    def of(self, code_points: np.ndarray) -> np.ndarray:
+        unknown = self.by_code_point[code_points] < 0
+        if unknown.any():
+            new = np.unique(code_points[unknown])
+            self.by_code_point[new] = [self.predicate(chr(c)) for c in new.tolist()]
+        return self.by_code_point[code_points].astype(bool)
+
+    def _byte_table(self) -> np.ndarray:
+        table = np.full((256, 256), -1, dtype=np.int8)
+        table[:0x80, :] = np.array([self.predicate(chr(c)) for c in range(0x80)], dtype=np.int8)[:, None]
+        for lead in range(0xC2, 0xE0):
+            table[lead, 0x80:0xC0] = [self.predicate(chr(((lead & 0x1F) << 6) | (b & 0x3F))) for b in range(0x80, 0xC0)]
+        return table.reshape(-1)
 
 
 def _holding_any(column, needles: list[str]) -> np.ndarray:
@@ -153,15 +204,6 @@ def _holding_any(column, needles: list[str]) -> np.ndarray:
     return found
 
 
-def _chars_where(chars, predicate) -> np.ndarray:
-    """predicate(c) for each one-character (or empty) string of an Arrow array, asked once per distinct value."""
-    import pyarrow.compute as pc
-
-    codes = pc.dictionary_encode(chars)
-    verdict = np.array([predicate(c) for c in codes.dictionary.to_pylist()], dtype=bool)
-    return verdict[codes.indices.to_numpy()] if len(verdict) else np.zeros(len(chars), dtype=bool)
-
-
 def _may_follow_cut(ch: str) -> bool:
     """A letter or digit: no grapheme joins it to the space before it (marks, modifiers, format
     characters and the two joining Thai/Lao vowels do)."""
@@ -172,6 +214,10 @@ def _may_precede_cut(ch: str) -> bool:
     """Not a space, control or format character, nor a letter that prepends itself to what follows
     (Unicode's Grapheme_Cluster_Break=Prepend: e.g. U+0600-0605, U+06DD, U+0D4E)."""
     return ch != "" and ch not in PREPEND and unicodedata.category(ch)[0] not in "CZ"
+
+
+_FOLLOW = _CharClass(_may_follow_cut)
+_PRECEDE = _CharClass(_may_precede_cut)
 
 
 def agrees_with_whole(backend, texts: list[str], cuts: Cuts) -> bool:
