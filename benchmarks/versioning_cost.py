@@ -6,10 +6,10 @@ repository's dvc.yaml and .dvc/config), data.source = the UQA parquet files, the
 tokenizer, a tiny model config (only the tokenizer matters here):
 
   seed    the blog post's data path (benchmarks/tokenize_bench.py's side_seed)
-  floor   the tokenizer alone: every text the tokenize stage tokenizes (each question and distinct
-          context of the answerable rows; validation: an id's first row), once, as the stage sends
-          them (AutoTokenizer's backend, no special tokens, 8,192 texts a call), nothing copied out.
-          No data path that tokenizes each text once can take less: seed / floor bounds the ratio
+  floor   the tokenizer alone on whole texts: each question and distinct context of the answerable
+          rows (validation: an id's first row), once (AutoTokenizer's backend, no special tokens,
+          8,192 texts a call), nothing copied out. No data path that gives the tokenizer each whole
+          text once can take less; the stage gives it distinct words instead (uqa/segments.py)
   stages  the four stage commands dvc.yaml runs (`python -m tasks.source`, download, filter,
           tokenize), one after another, without DVC: the stages' own time, process start included
   repro   `dvc repro tokenize` (the same four commands, and DVC's checks, hashing and cache)

@@ -441,8 +441,9 @@ def encode_prepared(backend: Tokenizer, template: PairTemplate, questions: list[
 def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tuple[list[str], list[str]]],
                   with_type_ids: bool = False) -> Iterator[EncodedPairs]:
     """`encode_prepared` of each (questions, contexts) in `pairs`, one chunk of rows after another
-    through one tokenizer pipeline (the tokenize stage's chunks: the tokenizer never waits for the
-    next chunk to be read, and only the chunk being copied and the next one are in memory)."""
+    through one tokenizer pipeline (the tokenize stage's chunks: the next chunk is read and cut into
+    words in a helper thread while the tokenizer works and this one's tokens are copied out; only
+    these three chunks are in memory)."""
 
     cutter = segments.Cutter(backend)  # texts as distinct words, where the tokenizer allows it
 

@@ -21,8 +21,9 @@ module checks from the tokenizer's own definition:
 XLM-R's tokenizer as transformers loads it (Precompiled; WhitespaceSplit, Metaspace) and BERT's
 qualify. Any other tokenizer gets its texts whole. On top of that the first texts of each call are
 tokenized both ways and must agree, ids and offsets, or nothing is cut (a warning says so): a
-tokenizer this reasoning misjudges costs speed, never a token. The cutting itself runs in Arrow's
-compute kernels (a chunk of contexts holds millions of words, too many for a Python loop).
+tokenizer this reasoning misjudges costs speed, never a token. The cutting itself works on the
+texts' UTF-8 bytes with numpy and Arrow (a chunk of contexts holds millions of words, too many for
+a Python loop).
 """
 
 from __future__ import annotations
