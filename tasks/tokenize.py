@@ -34,6 +34,7 @@ report except timings). A script that calls `tokenize_splits` with num_proc > 1 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import shutil
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from uqa import layout
+from uqa import layout, tokenize_passes
 from uqa.arrow_shards import ArrowSource, column_values, read_rows, write_dataset_files
 from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import UserError
@@ -88,8 +89,6 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     train = sources["train"]
     texts = itertools.chain(column_values(train, "question", chunk_rows), column_values(train, "context", chunk_rows))
     clock.lap("read")
-    tokenizer = get_tokenizer(params, texts)
-    clock.lap("load_tokenizer")
     # both splits' temporary directories at once: the spill files live in them, and a failure
     # anywhere leaves the previous outputs in place; train is renamed first, as before
     with atomic_dir(Path(out_dir) / "validation") as val_tmp, atomic_dir(Path(out_dir) / "train") as train_tmp:
@@ -98,7 +97,13 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
         for s in SPLITS:
             (tmp[s] / SPILL).mkdir()
             chunks[s] = make_chunks(s, sources[s], kept[s], n_rows[s], chunk_rows, tmp[s])
-        report, done = _two_passes(params, tokenizer, chunks, clock)
+        every = chunks["train"] + chunks["validation"]
+        num_proc = max(1, min(params.tokenize.num_proc, len(every)))
+        # in one process, the first chunks are read and cut into words while the tokenizer loads
+        with tokenize_passes.read_ahead(every) if num_proc == 1 else contextlib.nullcontext() as ahead:
+            tokenizer = get_tokenizer(params, texts)
+            clock.lap("load_tokenizer")
+            report, done = _two_passes(params, tokenizer, chunks, num_proc, ahead, clock)
         for s in SPLITS:
             report[s] = _finish_split(s, tmp[s], done[s])
         clock.lap("write")
@@ -110,17 +115,19 @@ def tokenize_splits(params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_D
     return report
 
 
-def _two_passes(params: Params, tokenizer, chunks: dict[str, list], clock: _Clock) -> tuple[dict, dict]:
+def _two_passes(params: Params, tokenizer, chunks: dict[str, list], num_proc: int, ahead,
+                clock: _Clock) -> tuple[dict, dict]:
     """Pass 1 over every chunk of both splits (tokens spilled; the window size follows from the
-    longest pair), then pass 2 (windows, labels, shards): (the report so far, each split's chunk results)."""
+    longest pair), then pass 2 (windows, labels, shards): (the report so far, each split's chunk
+    results). `ahead`: pass 1's pairs, already being read (num_proc 1)."""
     from uqa.modeling import sequence_limit
 
     backend = prepare_backend(tokenizer.backend_tokenizer)
     tok = Tokenizing(backend, PairTemplate.of(backend), "token_type_ids" in tokenizer.model_input_names)
     every = chunks["train"] + chunks["validation"]
     n_train = len(chunks["train"])
-    with Runner(tok, max(1, min(params.tokenize.num_proc, len(every)))) as runner:
-        firsts = runner.tokenize(every)
+    with Runner(tok, num_proc) as runner:
+        firsts = runner.tokenize(every, ahead)
         clock.lap("tokenize_texts")
         report = _window_size(params, firsts, sequence_limit(params.model, tokenizer), tok.template.n_special)
         report.update(tokenizer=params.model.tokenizer_source or "trained on train split", vocab_size=len(tokenizer))

@@ -176,3 +176,27 @@ def test_code_points_are_read_off_utf8_bytes():
     for char_class, predicate in ((segments._FOLLOW, segments._may_follow_cut),
                                   (segments._PRECEDE, segments._may_precede_cut)):
         assert char_class.at(data, starts).tolist() == [predicate(ch) for ch in text]
+
+
+def _piece_texts(cuts, n_texts: int) -> list[list[tuple[int, str]]]:
+    return [[(int(cuts.piece_start[k]), cuts.pieces[cuts.piece_of[k]])
+             for k in range(cuts.entries[t], cuts.entries[t + 1])] for t in range(n_texts)]
+
+
+def test_words_cut_before_the_tokenizer_is_known_keep_added_tokens_whole(monkeypatch):
+    """The stage cuts its first chunks while the tokenizer loads (Cutter.words, added tokens not yet
+    known); once they are, a text holding one becomes one piece again: the same pieces, the same
+    tokens as cutting with the added tokens known."""
+    texts = EDGE_TEXTS * 60
+    early = segments.Cutter().words(texts)
+    assert _piece_texts(early, len(texts))[3] != [(0, EDGE_TEXTS[3])]  # <mask>'s text was cut, for now
+    known = cut_texts(texts, SPECIALS)
+    holding = np.array(["<mask>" in t for t in texts])
+    assert _piece_texts(early.with_whole(holding, texts), len(texts)) == _piece_texts(known, len(texts))
+    tok = _trained(normalizers.NFKC(), XLMR_LIKE, EDGE_TEXTS * 3)
+    tok.add_special_tokens(SPECIALS)
+    backend = prepare_backend(tok)
+    cutter = segments.Cutter(backend)
+    final = cutter.cut(texts, cutter.words(texts))
+    assert _piece_texts(final, len(texts)) == _piece_texts(known, len(texts))
+

@@ -161,23 +161,6 @@ def _pipelined(backend: Tokenizer, items: Iterator[tuple[str, Any]]) -> Iterator
                 yield tag, payload
 
 
-def _run_ahead(items: Iterable[Any]) -> Iterator[Any]:
-    """`items`, each produced in a helper thread while the caller works on the one before (reading
-    and cutting the next chunk of rows runs mostly in Arrow and numpy, without the GIL, while this
-    chunk's tokens are joined). An exception in `items` reaches the caller; a caller that stops
-    early waits for the one item under way, no more."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    done = object()
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        item = pool.submit(next, it, done)
-        while (current := item.result()) is not done:
-            item = pool.submit(next, it, done)
-            yield current
-            del current
-
-
 def _tokenize_texts(backend: Tokenizer, texts: list[str], with_offsets: bool = True) -> _Texts:
     """Chunks of texts through the tokenizer; the next chunk is encoded (in Rust, without the GIL)
     while this one is copied into numpy."""
@@ -438,31 +421,86 @@ def encode_prepared(backend: Tokenizer, template: PairTemplate, questions: list[
     return encoded
 
 
-def encode_stream(backend: Tokenizer, template: PairTemplate, pairs: Iterable[tuple[list[str], list[str]]],
-                  with_type_ids: bool = False) -> Iterator[EncodedPairs]:
+def encode_stream(backend: Tokenizer, template: PairTemplate,
+                  pairs: Iterable[tuple[list[str], list[str]]] | ChunksAhead, with_type_ids: bool = False,
+                  ) -> Iterator[EncodedPairs]:
     """`encode_prepared` of each (questions, contexts) in `pairs`, one chunk of rows after another
     through one tokenizer pipeline (the tokenize stage's chunks: the next chunk is read and cut into
     words in a helper thread while the tokenizer works and this one's tokens are copied out; only
-    these three chunks are in memory)."""
+    these three chunks are in memory). `pairs` may be a ChunksAhead started before the tokenizer
+    was loaded."""
+    with pairs if isinstance(pairs, ChunksAhead) else ChunksAhead(pairs) as ahead:
+        ahead.cutter.backend = backend
+        yield from _encode_chunks(backend, template, ahead, with_type_ids)
 
-    cutter = segments.Cutter(backend)  # texts as distinct words, where the tokenizer allows it
 
-    def prepared() -> Iterator[tuple]:
-        for questions, contexts in pairs:
-            distinct: dict[str, int] = {}
-            context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
-                                     count=len(contexts))
-            questions, texts = list(questions), list(distinct)
-            del distinct
-            yield context_of, questions, texts, cutter.cut(texts), cutter.cut(questions)
+@dataclass
+class PairsInWords:
+    """One chunk's (questions, contexts) as the tokenizer will take them: the distinct contexts, the
+    one each row has, and both cut into words (segments.Cutter.words; None: not cut)."""
+
+    questions: list[str]
+    contexts: list[str]
+    context_of: np.ndarray
+    question_words: Cuts | None
+    context_words: Cuts | None
+
+    @classmethod
+    def of(cls, questions: list[str], contexts: list[str], cutter: segments.Cutter) -> PairsInWords:
+        distinct: dict[str, int] = {}
+        context_of = np.fromiter((distinct.setdefault(c, len(distinct)) for c in contexts), dtype=np.int64,
+                                 count=len(contexts))
+        questions, texts = list(questions), list(distinct)
+        del distinct
+        return cls(questions, texts, context_of, cutter.words(questions), cutter.words(texts))
+
+
+class ChunksAhead:
+    """(questions, contexts) chunks made PairsInWords in a helper thread, one chunk ahead of the
+    caller, from the moment this is made: reading and cutting run mostly in Arrow and numpy, without
+    the GIL, so they overlap the tokenizer's load (the tokenize stage) and the copying of the
+    previous chunk's tokens. An exception in `pairs` reaches the caller; closing waits for the one
+    chunk under way, no more."""
+
+    _DONE = object()
+
+    def __init__(self, pairs: Iterable[tuple[list[str], list[str]]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.cutter = segments.Cutter()  # its tokenizer is set by encode_stream
+        self._chunks = (PairsInWords.of(questions, contexts, self.cutter) for questions, contexts in pairs)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._next = self._pool.submit(next, self._chunks, self._DONE)
+
+    def __iter__(self) -> Iterator[PairsInWords]:
+        while (current := self._next.result()) is not self._DONE:
+            self._next = self._pool.submit(next, self._chunks, self._DONE)
+            yield current
+            del current
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunksAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _encode_chunks(backend: Tokenizer, template: PairTemplate, ahead: ChunksAhead,
+                   with_type_ids: bool) -> Iterator[EncodedPairs]:
+    cutter = ahead.cutter  # texts as distinct words, where the tokenizer allows it
 
     def items() -> Iterator[tuple[str, Any]]:
-        for context_of, questions, texts, cuts, question_cuts in _run_ahead(prepared()):
-            yield "start", (context_of, cuts, question_cuts)
-            pieces = questions if question_cuts is None else question_cuts.pieces
+        for chunk in ahead:
+            cuts = cutter.cut(chunk.contexts, chunk.context_words)
+            question_cuts = cutter.cut(chunk.questions, chunk.question_words)
+            yield "start", (chunk.context_of, cuts, question_cuts)
+            pieces = chunk.questions if question_cuts is None else question_cuts.pieces
             for a in range(0, len(pieces), CHUNK):
                 yield "question", pieces[a : a + CHUNK]
-            pieces = texts if cuts is None else cuts.pieces
+            pieces = chunk.contexts if cuts is None else cuts.pieces
             for a in range(0, len(pieces), CHUNK):
                 yield "context", pieces[a : a + CHUNK]
             yield "end", None

@@ -97,6 +97,23 @@ class Cuts:
     piece_start: np.ndarray  # int64 [n_entries]
     entries: np.ndarray  # int64 [n_texts + 1]
 
+    def with_whole(self, whole: np.ndarray, texts: list[str]) -> Cuts:
+        """These cuts with the texts where `whole` is true made one piece each (the text itself)."""
+        if not whole.any():
+            return self
+        counts = np.diff(self.entries)
+        text_of = np.repeat(np.arange(len(counts)), counts)
+        keep = ~whole[text_of]
+        keep[self.entries[:-1][whole]] = True  # a whole text keeps one entry (every text has one): its first
+        counts = np.where(whole, 1, counts)
+        entries = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=entries[1:])
+        piece_of, piece_start = self.piece_of[keep], self.piece_start[keep]
+        made_whole = np.flatnonzero(whole)
+        piece_of[entries[made_whole]] = len(self.pieces) + np.arange(len(made_whole))
+        piece_start[entries[made_whole]] = 0
+        return Cuts(self.pieces + [texts[t] for t in made_whole.tolist()], piece_of, piece_start, entries)
+
 
 def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     """Each text cut at its cuttable spaces (a text holding an added token stays whole), the pieces
@@ -105,7 +122,7 @@ def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = pa.array(texts, type=pa.large_string())
+    column = _arrow(texts)
     _, offsets_buffer, data_buffer = column.buffers()
     text_bytes = np.frombuffer(offsets_buffer, dtype=np.int64)[: len(texts) + 1]  # text t: bytes [t]:[t+1]
     data = np.frombuffer(data_buffer, dtype=np.uint8)[: int(text_bytes[-1])] if data_buffer else np.zeros(0, np.uint8)
@@ -143,6 +160,12 @@ def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     piece_start = chars_before[:-1] - np.repeat(chars_before[entries[:-1]], np.diff(entries))
     distinct = pc.dictionary_encode(pieces)
     return Cuts(distinct.dictionary.to_pylist(), distinct.indices.to_numpy().astype(np.int64), piece_start, entries)
+
+
+def _arrow(texts: list[str]):
+    import pyarrow as pa
+
+    return pa.array(texts, type=pa.large_string())
 
 
 def _code_points(data: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -244,25 +267,43 @@ def agrees_with_whole(backend, texts: list[str], cuts: Cuts) -> bool:
 class Cutter:
     """cut_texts for one call's chunks with one tokenizer: decided on the first list of at least
     MIN_TEXTS texts (the tokenizer's definition, then the first cut texts tokenized both ways), kept
-    for the lists after it (questions and contexts alike)."""
+    for the lists after it (questions and contexts alike).
 
-    def __init__(self, backend) -> None:
+    The cutting may start before the tokenizer is known (the tokenize stage reads and cuts its first
+    chunks while the tokenizer loads): `words` cuts a list as if the tokenizer had no added tokens,
+    and `cut`, once `backend` is set, takes those cuts when none of the texts holds an added token."""
+
+    def __init__(self, backend=None) -> None:
         self.backend = backend
         self.added: list[str] | None = None  # the added tokens' contents, once the tokenizer qualifies
         self.decided = False
 
-    def cut(self, texts: list[str]) -> Cuts | None:
-        """These texts as their distinct words (and what may not be cut between), or None: tokenize them whole."""
-        if len(texts) < MIN_TEXTS or (self.decided and self.added is None):
+    @property
+    def may_cut(self) -> bool:
+        return not self.decided or self.added is not None
+
+    def words(self, texts: list[str]) -> Cuts | None:
+        """These texts cut into words, added tokens not yet known; None when `cut` would not cut them."""
+        return cut_texts(texts, []) if len(texts) >= MIN_TEXTS and self.may_cut else None
+
+    def cut(self, texts: list[str], words: Cuts | None = None) -> Cuts | None:
+        """These texts as their distinct words (and what may not be cut between), or None: tokenize
+        them whole. `words`: `self.words(texts)`, made earlier, or None to cut them here."""
+        if len(texts) < MIN_TEXTS or not self.may_cut:
             return None
-        if self.decided:
+        if not self.decided:
+            self.decided = True
+            self.added = cuttable_added_tokens(self.backend)
+            if self.added is None:
+                return None
+            cuts = self._final(texts, words)
+            if not agrees_with_whole(self.backend, texts, cuts):
+                self.added = None
+                return None
+            return cuts
+        return self._final(texts, words)
+
+    def _final(self, texts: list[str], words: Cuts | None) -> Cuts:
+        if words is None:
             return cut_texts(texts, self.added)
-        self.decided = True
-        self.added = cuttable_added_tokens(self.backend)
-        if self.added is None:
-            return None
-        cuts = cut_texts(texts, self.added)
-        if not agrees_with_whole(self.backend, texts, cuts):
-            self.added = None
-            return None
-        return cuts
+        return words.with_whole(_holding_any(_arrow(texts), self.added), texts) if self.added else words

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from uqa.arrow_shards import ArrowSource, read_rows, write_shard
-from uqa.features import EncodedPairs, Labels, PairTemplate, Windows, encode_stream
+from uqa.features import ChunksAhead, EncodedPairs, Labels, PairTemplate, Windows, encode_stream
 
 TASK_CHUNKS = 2  # chunks per worker task in the tokenizer pass (num_proc > 1)
 SPILL = ".spill"  # per split, inside its temporary output directory: gone before the rename
@@ -136,16 +137,25 @@ class Windowing:
     ids_type: dict[str, str]  # split -> numpy dtype name of input_ids
 
 
-def tokenize_chunks(chunks: list[Chunk], tok: Tokenizing) -> list[dict[str, Any]]:
-    """Pass 1: tokenize each chunk's questions and distinct contexts (one tokenizer pipeline through
-    all the chunks given); the tokens to the chunk's spill file, its longest pair / question back."""
-    def pairs():
-        for chunk in chunks:
-            rows = read_rows(chunk.files, chunk.start, chunk.stop, chunk.take, ("question", "context"))
-            yield rows["question"], rows["context"]
+def read_pairs(chunks: list[Chunk]) -> Iterator[tuple[list[str], list[str]]]:
+    """Each chunk's questions and contexts."""
+    for chunk in chunks:
+        rows = read_rows(chunk.files, chunk.start, chunk.stop, chunk.take, ("question", "context"))
+        yield rows["question"], rows["context"]
 
+
+def read_ahead(chunks: list[Chunk]) -> ChunksAhead:
+    """The chunks' pairs, read and cut into words in a helper thread from now on (tokenize_chunks' `ahead`)."""
+    return ChunksAhead(read_pairs(chunks))
+
+
+def tokenize_chunks(chunks: list[Chunk], tok: Tokenizing, ahead: ChunksAhead | None = None) -> list[dict[str, Any]]:
+    """Pass 1: tokenize each chunk's questions and distinct contexts (one tokenizer pipeline through
+    all the chunks given); the tokens to the chunk's spill file, its longest pair / question back.
+    `ahead`: these chunks' pairs, already being read (`ChunksAhead(read_pairs(chunks))`)."""
+    pairs = read_pairs(chunks) if ahead is None else ahead
     out = []
-    for chunk, encoded in zip(chunks, encode_stream(tok.backend, tok.template, pairs(), tok.with_type_ids),
+    for chunk, encoded in zip(chunks, encode_stream(tok.backend, tok.template, pairs, tok.with_type_ids),
                               strict=True):
         encoded.save(chunk.spill)
         out.append({
@@ -240,9 +250,12 @@ class Runner:
                 max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                 initargs=(tok.backend.to_str(), tok.template, tok.with_type_ids, threads))
 
-    def tokenize(self, chunks: list[Chunk]) -> list[dict[str, Any]]:
+    def tokenize(self, chunks: list[Chunk], ahead: ChunksAhead | None = None) -> list[dict[str, Any]]:
+        """`ahead` (num_proc 1 only): the chunks' pairs, already being read."""
         if self.pool is None:
-            return tokenize_chunks(chunks, self.tok)
+            return tokenize_chunks(chunks, self.tok, ahead)
+        if ahead is not None:
+            raise ValueError("chunks read ahead in this process cannot go to worker processes")
         # a few consecutive chunks per task: one tokenizer pipeline through them
         groups = [chunks[a : a + TASK_CHUNKS] for a in range(0, len(chunks), TASK_CHUNKS)]
         return [r for done in self.pool.map(_tokenize_in_worker, groups) for r in done]
