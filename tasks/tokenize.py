@@ -16,7 +16,8 @@ split (`data-0000k-of-0000n.arrow`, a multi-file `save_to_disk` directory that
 
   1. tokenize: every question and distinct context of the chunk once (as their distinct words,
      where the tokenizer cuts there anyway: uqa/segments.py), without special tokens (one
-     tokenizer pipeline through all the chunks: the next chunk is read while the tokenizer works);
+     tokenizer pipeline through all the chunks: the next chunk is read and cut into words in a
+     helper thread while the tokenizer works, the first ones while the tokenizer loads);
      the tokens go to a spill file inside the split's temporary output directory, and only the
      longest pair / question and the largest token id are kept (`max_seq_length: auto` needs the
      longest pair of both splits before any window is cut, and every shard needs the same

@@ -503,6 +503,7 @@ def _encode_chunks(backend: Tokenizer, template: PairTemplate, ahead: ChunksAhea
             pieces = chunk.contexts if cuts is None else cuts.pieces
             for a in range(0, len(pieces), CHUNK):
                 yield "context", pieces[a : a + CHUNK]
+            del chunk, pieces, cuts, question_cuts  # before the helper starts on the chunk after the next
             yield "end", None
 
     context_of = cuts = question_cuts = None

@@ -132,6 +132,7 @@ def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     text_edge = np.zeros(len(data) + 1, dtype=bool)
     text_edge[text_bytes] = True
     cuts = cuts[~text_edge[cuts] & ~text_edge[cuts + 1]]
+    del text_edge
     if len(cuts):
         before = cuts - 1
         for _ in range(3):  # back over continuation bytes to the start of the character before
@@ -153,6 +154,7 @@ def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     piece_bytes[-1] = len(data) - len(cuts)
     pieces = pa.LargeStringArray.from_buffers(len(first), pa.py_buffer(piece_bytes),
                                               pa.py_buffer(np.delete(data, cuts)))
+    del column, data, text_bytes, first, cuts  # the pieces hold their own bytes: a chunk's texts, once
     # where each piece starts in its text, in characters: the text's pieces before it and their cuts
     step = pc.utf8_length(pieces).to_numpy(zero_copy_only=False).astype(np.int64) + 1
     chars_before = np.zeros(len(step) + 1, dtype=np.int64)
