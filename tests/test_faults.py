@@ -359,3 +359,29 @@ def test_full_disk_during_tokenize_write_is_clear_and_keeps_the_previous_cache(t
         assert leftovers(root) == []
     finally:
         subprocess.run(["umount", "-l", str(root / "data/tokenized")], capture_output=True)
+
+
+@pytest.mark.parametrize("sig, message", [(signal.SIGINT, ""), (signal.SIGTERM, "signal SIGTERM")])
+def test_an_interrupt_swallowed_inside_still_stops_the_run(sig, message):
+    """A library that catches everything (importing torch can drop a KeyboardInterrupt raised
+    mid-import) must not turn Ctrl-C or SIGTERM into nothing: the stage's and the CLI's block ends
+    with KeyboardInterrupt, and raise_if_interrupted (called after such a step) raises at once."""
+    from uqa.procs import raise_if_interrupted, sigterm_as_interrupt
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    reached_end = checked = False
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        with sigterm_as_interrupt():
+            try:
+                signal.raise_signal(sig)
+            except BaseException:  # what a bare `except:` in a library does
+                pass
+            reached_end = True
+            try:
+                raise_if_interrupted()
+            except KeyboardInterrupt:
+                checked = True
+    assert reached_end and checked and str(interrupted.value) == message
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers before, back in place
+    with sigterm_as_interrupt():  # a new block starts with nothing received
+        raise_if_interrupted()

@@ -133,19 +133,43 @@ def stop_tree(pid: int, grace_s: float = 5.0) -> int:
     return len(procs)
 
 
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt here if a signal sigterm_as_interrupt turned into one was caught and dropped
+    by the code since (a call after a step that may swallow it, e.g. the first import of torch)."""
+    if _RECEIVED:
+        signum = _RECEIVED[0]
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}" if signum == signal.SIGTERM else "")
+
+
+_RECEIVED: list[int] = []  # the signals sigterm_as_interrupt's handler has turned into KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block (main thread only), SIGTERM raises KeyboardInterrupt, so that `finally`
-    blocks stop child processes and remove temporary outputs instead of the process just dying."""
+    blocks stop child processes and remove temporary outputs instead of the process just dying;
+    and neither it nor Ctrl-C can be lost: one that the code inside caught and dropped raises
+    KeyboardInterrupt when the block ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    received = _RECEIVED
+    received.clear()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}" if signum == signal.SIGTERM else "")
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        if previous[sig] is not signal.SIG_IGN:  # a background job's Ctrl-C stays ignored
+            signal.signal(sig, handler)
     try:
         yield
+        # an interrupt that the code inside swallowed (importing torch can, mid-import) still ends
+        # the block as one: the work finished, but whoever pressed Ctrl-C meant to stop it
+        raise_if_interrupted()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)

@@ -36,7 +36,7 @@ def stage_main(name: str, run: Callable[[Params, str], Any], argv: list[str] | N
         print(f"error: {name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"error: {name}: interrupted ({exc or 'Ctrl-C'}); nothing partial was kept, run it again to continue",
+        print(f"error: {name}: interrupted ({str(exc) or 'Ctrl-C'}); nothing partial was kept, run it again to continue",
               file=sys.stderr)
         return 130
     return 0

@@ -14,6 +14,9 @@ def load_tokenizer(source: str, trust_remote_code: bool = False, revision: str |
     """AutoTokenizer for a hub id or a local directory; requires a fast (Rust) tokenizer."""
     from transformers import AutoTokenizer
 
+    from uqa.procs import raise_if_interrupted
+
+    raise_if_interrupted()  # a Ctrl-C during that import (it imports torch) may have been swallowed there
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as exc:
