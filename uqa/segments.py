@@ -117,8 +117,19 @@ class Cuts:
 
 def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
     """Each text cut at its cuttable spaces (a text holding an added token stays whole), the pieces
-    made distinct across all texts. Worked out on the texts' UTF-8 bytes with numpy and Arrow: a
-    chunk of contexts holds millions of words, far too many for a Python loop."""
+    made distinct across all texts."""
+    return keep_whole(word_cuts(texts), texts, added_tokens)
+
+
+def keep_whole(words: Cuts, texts: list[str], added_tokens: list[str]) -> Cuts:
+    """`words` (word_cuts of `texts`) with each text that holds an added token made one piece again."""
+    return words.with_whole(_holding_any(_arrow(texts), added_tokens), texts) if added_tokens else words
+
+
+def word_cuts(texts: list[str]) -> Cuts:
+    """Each text cut at its cuttable spaces, added tokens or not, the pieces made distinct across
+    all texts. Worked out on the texts' UTF-8 bytes with numpy and Arrow: a chunk of contexts holds
+    millions of words, far too many for a Python loop."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -138,8 +149,6 @@ def cut_texts(texts: list[str], added_tokens: list[str]) -> Cuts:
         for _ in range(3):  # back over continuation bytes to the start of the character before
             before -= (data[before] & 0xC0) == 0x80
         cuts = cuts[_FOLLOW.at(data, cuts + 1) & _PRECEDE.at(data, before)]
-    if len(cuts) and added_tokens and (whole := _holding_any(column, added_tokens)).any():
-        cuts = cuts[~whole[np.searchsorted(text_bytes, cuts, side="right") - 1]]
     # the pieces in order: each text's first, then one after each of its cuts (text t's first is
     # piece t + the cuts before it)
     entries = np.arange(len(texts) + 1, dtype=np.int64) + np.searchsorted(cuts, text_bytes)
@@ -286,26 +295,21 @@ class Cutter:
 
     def words(self, texts: list[str]) -> Cuts | None:
         """These texts cut into words, added tokens not yet known; None when `cut` would not cut them."""
-        return cut_texts(texts, []) if len(texts) >= MIN_TEXTS and self.may_cut else None
+        return word_cuts(texts) if len(texts) >= MIN_TEXTS and self.may_cut else None
 
     def cut(self, texts: list[str], words: Cuts | None = None) -> Cuts | None:
         """These texts as their distinct words (and what may not be cut between), or None: tokenize
         them whole. `words`: `self.words(texts)`, made earlier, or None to cut them here."""
         if len(texts) < MIN_TEXTS or not self.may_cut:
             return None
-        if not self.decided:
+        first = not self.decided
+        if first:
             self.decided = True
             self.added = cuttable_added_tokens(self.backend)
             if self.added is None:
                 return None
-            cuts = self._final(texts, words)
-            if not agrees_with_whole(self.backend, texts, cuts):
-                self.added = None
-                return None
-            return cuts
-        return self._final(texts, words)
-
-    def _final(self, texts: list[str], words: Cuts | None) -> Cuts:
-        if words is None:
-            return cut_texts(texts, self.added)
-        return words.with_whole(_holding_any(_arrow(texts), self.added), texts) if self.added else words
+        cuts = keep_whole(word_cuts(texts) if words is None else words, texts, self.added)
+        if first and not agrees_with_whole(self.backend, texts, cuts):
+            self.added = None
+            return None
+        return cuts
