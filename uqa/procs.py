@@ -137,8 +137,12 @@ def raise_if_interrupted() -> None:
     """KeyboardInterrupt here if a signal sigterm_as_interrupt turned into one was caught and dropped
     by the code since (a call after a step that may swallow it, e.g. the first import of torch)."""
     if _RECEIVED:
-        signum = _RECEIVED[0]
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}" if signum == signal.SIGTERM else "")
+        raise _interrupt(_RECEIVED[0])
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    """Ctrl-C as Python raises it (no message: the CLI says "Ctrl-C"); SIGTERM named."""
+    return KeyboardInterrupt(f"signal {signal.Signals(signum).name}" if signum == signal.SIGTERM else "")
 
 
 _RECEIVED: list[int] = []  # the signals sigterm_as_interrupt's handler has turned into KeyboardInterrupt
@@ -154,12 +158,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    received = _RECEIVED
-    received.clear()
+    _RECEIVED.clear()
 
     def handler(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}" if signum == signal.SIGTERM else "")
+        _RECEIVED.append(signum)
+        raise _interrupt(signum)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig in previous:
