@@ -2,7 +2,8 @@
 
 The promotion gate (uqa/gate.py) compares like with like: when prod's recorded F1 was measured on
 another validation set, mode or tune_fraction, prod is scored again here on the challenger's
-validation questions (data/filtered/validation), with the challenger's evaluate settings (n_best,
+validation questions (data/filtered/validation: the very set its metrics/eval.json fingerprints as
+`eval_set`, checked here; any other set stops the gate), with the challenger's evaluate settings (n_best,
 max_answer_length, no-answer threshold and its tune/report split) and prod's own windowing and
 tokenizer (its uqa_inference.json), and the gate compares with that F1.
 """
@@ -22,22 +23,42 @@ from uqa.registry import Registry
 log = logging.getLogger(__name__)
 
 
-def validation_examples(*dirs: Path) -> Path:
-    """The first of `dirs`/data/filtered/validation that exists (the run's, then the project's)."""
-    for d in dirs:
-        if (Path(d) / EXAMPLES).is_dir():
-            return Path(d) / EXAMPLES
-    raise DataError(f"{Path(dirs[0]) / EXAMPLES} is missing, and prod must be re-scored on this run's validation "
-                    "set to compare like with like: rerun the filter stage (dvc repro filter), then register")
+def validation_examples(*dirs: Path, eval_set: dict | None = None) -> tuple[Path, pd.DataFrame]:
+    """The challenger's validation questions: the first of `dirs`/data/filtered/validation (the run's, then
+    the project's) whose rows are the set the challenger was scored on (`eval_set`, its fingerprint in
+    metrics/eval.json). Prod is never scored on another set: a comparison that is not like with like stops."""
+    import datasets
+
+    from uqa.gate import eval_set_fingerprint
+
+    wanted = (eval_set or {}).get("sha256")
+    seen = []
+    for path in dict.fromkeys((Path(d) / EXAMPLES).resolve() for d in dirs):  # the run's is often the project's
+        if not path.is_dir():
+            continue
+        examples = datasets.load_from_disk(str(path)).to_pandas()
+        found = eval_set_fingerprint(examples)
+        if wanted is not None and found["sha256"] == wanted:
+            return path, examples
+        seen.append(f"{path} ({found['rows']} rows, eval_set {found['sha256'][:12]})")
+    if not seen:
+        raise DataError(f"{Path(dirs[0]) / EXAMPLES} is missing, and prod must be re-scored on this run's validation "
+                        "set to compare like with like: rerun the filter stage (dvc repro filter), then register")
+    recorded = f"{wanted[:12]} ({(eval_set or {}).get('rows')} rows)" if wanted else "not recorded"
+    raise DataError(f"prod must be re-scored on the set the challenger was scored on (eval_set {recorded}), and "
+                    f"none of {', '.join(seen)} is that set: the gate never compares F1s measured on two sets; "
+                    "rerun the filter and evaluate stages (dvc repro evaluate), then register")
 
 
-def model_f1_on(model_dir: Path, examples_dir: Path, params: Params, squad2: bool) -> float:
+def model_f1_on(model_dir: Path, examples_dir: Path, params: Params, squad2: bool,
+                examples: pd.DataFrame | None = None) -> float:
     """F1 (official SQuAD v2, 0-100) of the model in `model_dir` on the questions of `examples_dir`."""
     import datasets
 
     from uqa.predict import Predictor
 
-    examples = datasets.load_from_disk(str(examples_dir)).to_pandas()
+    if examples is None:
+        examples = datasets.load_from_disk(str(examples_dir)).to_pandas()
     references = references_by_id(examples)
     first = examples.drop_duplicates("id")
     predictor = Predictor(model_dir, n_best=params.evaluate.n_best,
@@ -61,6 +82,7 @@ def prod_rescorer(registry: Registry, prod: str | None, params: Params, metrics:
         return None
 
     def rescore() -> float:
-        return model_f1_on(registry.version_dir(prod), validation_examples(run_dir, root), params,
-                           squad2=metrics.get("mode") == "squad2")
+        examples_dir, examples = validation_examples(run_dir, root, eval_set=metrics.get("eval_set"))
+        return model_f1_on(registry.version_dir(prod), examples_dir, params, squad2=metrics.get("mode") == "squad2",
+                           examples=examples)
     return rescore

@@ -276,3 +276,24 @@ def test_unlike_evaluation_without_the_validation_set_stops(tmp_path):
                                         r"run's validation set to compare like with like"):
         register(_params(), tmp_path)
     assert Registry(tmp_path, NAME).versions()[-1]["version"] == "v0.0.1"
+
+
+def test_prod_is_never_rescored_on_a_set_other_than_the_challengers(tmp_path):
+    """The challenger was scored on one set (its eval_set fingerprint); the only validation set here is
+    another (a sweep winner in SQuAD2 mode beside the project's answerable-only set): the gate stops."""
+    import datasets
+    import pandas as pd
+
+    _tiny_qa_model(tmp_path / "models" / "final", 1)
+    _metrics(tmp_path, 60.0, eval_set="old-set")
+    register(_params(), tmp_path)
+    rows = [json.loads(line) for line in (REPO / "demo/data/validation.jsonl").read_text(encoding="utf-8")
+            .splitlines()[:24]]
+    datasets.Dataset.from_pandas(pd.DataFrame(rows)).save_to_disk(str(tmp_path / "data" / "filtered" / "validation"))
+    _tiny_qa_model(tmp_path / "models" / "final", 2)
+    _metrics(tmp_path, 70.0, eval_set="the-winners-set")
+    with pytest.raises(DataError, match=r"re-scored on the set the challenger was scored on \(eval_set the-winners- "
+                                        r"\(10 rows\)\), and none of \S*data/filtered/validation \(24 rows, eval_set "
+                                        r"[0-9a-f]{12}\) is that set"):
+        register(_params(), tmp_path)
+    assert Registry(tmp_path, NAME).versions()[-1]["version"] == "v0.0.1"

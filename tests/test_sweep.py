@@ -104,6 +104,38 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     assert run["flow"] == "uqa-sweep" and run["experiment"]["name"] == names[int(winner)]
     assert not any((project / ".dvc/tmp/uqa-exps").glob("*"))  # every trial's worktree is gone
 
+    # a winner evaluated otherwise (SQuAD2 mode: 300 questions, 70 without an answer) is gated against prod
+    # re-scored on the winner's own validation set, not on the project's answerable-only one
+    r = subprocess.run([sys.executable, "-m", "uqa_cli", "sweep", "--project", str(project),
+                        "--grid", "data.keep_unanswerable=true"], cwd=project, env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    second = Registry(project, "uqa-qa").record("v0.0.2")
+    assert (second["metrics"]["mode"], second["metrics"]["n_questions"]) == ("squad2", 300)
+    said = re.search(r"prod v0\.0\.1 F1 ([\d.]+) re-scored on this run's evaluation", second["reason"])
+    assert said, second["reason"]
+    assert float(said.group(1)) == pytest.approx(_prod_f1_in_squad2_mode(project, tmp_path), abs=0.006)
+
+
+def _prod_f1_in_squad2_mode(project: Path, tmp_path: Path) -> float:
+    """prod's F1 on the SQuAD2-mode validation set, computed here from the data and the stage code."""
+    from tasks.download import download
+    from tasks.filter import filter_rows
+    from tasks.rescore import model_f1_on
+    from uqa.dvc_ops import working_dir
+    from uqa.params import deep_merge, load_params, params_from_dict
+    from uqa.registry import Registry
+
+    params = load_params(project / "params.yaml")
+    params = params_from_dict(deep_merge(params.to_dict(), {"data": {"keep_unanswerable": True}}))
+    scratch = tmp_path / "squad2-set"
+    scratch.mkdir()
+    with working_dir(scratch):
+        download(params.data)
+        filter_rows(params.data)
+    return model_f1_on(Registry(project, "uqa-qa").version_dir("v0.0.1"), scratch / "data/filtered/validation",
+                       params, squad2=True)
+
 
 def _pool_with_deployment(url: str, deployment: str) -> dict[str, str]:
     """The `uqa-local` process pool and one deployment of prefect.yaml on the server at `url`; returns

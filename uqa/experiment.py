@@ -206,7 +206,8 @@ def experiment_results(root: Path) -> dict[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
-    """A worktree at experiment `name` (commit `rev`) with its outputs checked out of the shared cache."""
+    """A worktree at experiment `name` (commit `rev`) with the outputs the registration reads (its filtered
+    validation set, model and metrics) checked out of the shared cache."""
     root = Path(root).resolve()
     worktree = root / EXPS_DIR / f"restore-{name}"
     if worktree.exists():
@@ -215,7 +216,8 @@ def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
     try:
         cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
         _dvc(worktree, "cache", "dir", "--local", cache_dir)
-        _dvc(worktree, "checkout", "--quiet", "train", "evaluate")
+        # filter too: the winner's validation set, on which the gate re-scores prod (tasks/rescore.py)
+        _dvc(worktree, "checkout", "--quiet", "filter", "train", "evaluate")
         yield worktree
     finally:
         with contextlib.suppress(UserError):
