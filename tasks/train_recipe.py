@@ -58,17 +58,21 @@ def resume_point(params: Params, trainer) -> Path | None:
     return resume
 
 
-def add_callbacks(trainer, resumed: bool) -> None:
-    """DVCLive curves (main process), failpoints (tests), progress lines for the supervisor."""
+def add_callbacks(trainer, resume: Path | None) -> None:
+    """DVCLive curves (main process; saved with each checkpoint, continued from it on resume), failpoints
+    (tests), progress lines for the supervisor."""
     from uqa.progress import progress_callback
-    from uqa.trainer import failpoint_callback
+    from uqa.trainer import failpoint_callback, live_snapshot_callback, restore_live_snapshot
 
     if trainer.accelerator.state.is_main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
-        live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resumed, report=None)
+        if resume is not None:
+            restore_live_snapshot(resume, LIVE_DIR)
+        live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None)
         trainer.add_callback(DVCLiveCallback(live=live))
+        trainer.add_callback(live_snapshot_callback(LIVE_DIR)())
     trainer.add_callback(failpoint_callback()())
     trainer.add_callback(progress_callback()())
 
@@ -127,7 +131,7 @@ def run(params: Params) -> dict[str, Any]:
     # building the Trainer's arguments sets up the process group (the launcher set RANK/WORLD_SIZE)
     trainer, info = make_trainer(params, CHECKPOINT_DIR)
     resume = resume_point(params, trainer)
-    add_callbacks(trainer, resumed=resume is not None)
+    add_callbacks(trainer, resume)
     if resume is not None:
         log.info("train: resuming from %s", resume)
     started = time.time()

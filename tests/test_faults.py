@@ -147,12 +147,25 @@ def test_kill9_in_each_stage_then_rerun(tmp_path):
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:
         assert torch.allclose(resumed[name], uninterrupted[name], atol=1e-6), name
+    # and so do its curves: `dvc repro` removed dvclive/ before the rerun (not a persistent output); the
+    # resumed run continued the curves saved with its checkpoint, none of the killed run's later steps
+    (steps, losses), (straight_steps, straight_losses) = (_curve(p) for p in (root, tmp_path / "straight"))
+    assert steps == straight_steps and losses == pytest.approx(straight_losses, abs=1e-5)
 
     # the registry is consistent: one version, in prod, answering
     from uqa.registry import Registry, resolve_model
 
     assert Registry(root, "uqa-qa").stage_version() == "v0.0.1"
     assert (resolve_model("prod", root) / "config.json").exists()
+
+
+def _curve(project: Path) -> tuple[list[int], list[float]]:
+    """dvclive's training-loss curve: its steps and losses."""
+    import csv
+
+    with open(project / "dvclive/plots/metrics/loss.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
 
 
 def _uqa(root: Path, mark: str, *args: str, home: Path) -> subprocess.Popen:

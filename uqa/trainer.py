@@ -4,6 +4,8 @@ checkpoint (by `metric_for_best_model`) loaded at the end."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from uqa import layout
@@ -126,3 +128,37 @@ def failpoint_callback():
             failpoint("train.saved", at=state.global_step)
 
     return FailpointCallback
+
+
+LIVE_SNAPSHOT = "dvclive"  # inside each checkpoint: the curves as they were when it was saved
+
+
+def live_snapshot_callback(live_dir: Path):
+    """The training curves saved with each checkpoint, so that a resumed run continues them from that
+    checkpoint's step (restore_live_snapshot): `dvc repro` removes dvclive/ before it runs the stage, and
+    the curves of a killed run go past its last checkpoint."""
+    from transformers import TrainerCallback
+
+    class LiveSnapshotCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero or not Path(live_dir).is_dir():
+                return
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                tmp = checkpoint / f".{LIVE_SNAPSHOT}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(live_dir, tmp)
+                shutil.rmtree(checkpoint / LIVE_SNAPSHOT, ignore_errors=True)
+                os.replace(tmp, checkpoint / LIVE_SNAPSHOT)
+
+    return LiveSnapshotCallback
+
+
+def restore_live_snapshot(checkpoint: Path, live_dir: Path) -> bool:
+    """dvclive/ as it was when `checkpoint` was saved (False: the checkpoint holds no snapshot)."""
+    snapshot = Path(checkpoint) / LIVE_SNAPSHOT
+    if not snapshot.is_dir():
+        return False
+    shutil.rmtree(live_dir, ignore_errors=True)
+    shutil.copytree(snapshot, live_dir)
+    return True
