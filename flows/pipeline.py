@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import allow_failure, flow, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -35,8 +35,8 @@ from uqa import layout
 from uqa.dvc_ops import (
     dvc_checkout,
     dvc_commit,
-    dvc_push,
     dvc_repo,
+    dvc_restore,
     dvc_status,
     locked_workspace,
     working_dir,
@@ -58,6 +58,7 @@ from uqa.params import (
     refuse_unsafe_overrides,
 )
 from uqa.progress import TerminalProgress, describe_progress, progress_reporter
+from uqa.publish import PublishConflict, publish, require_remotes, sync_from_remotes
 from uqa.redact import RedactUrlCredentials, strip_url_credentials
 from uqa.runtime import apply_runtime_defaults
 
@@ -139,17 +140,24 @@ def _only_missing_outputs(status: dict[str, Any]) -> bool:
     return bool(status)
 
 
-def run_stage(name: str, root: str, params_file: str = PARAMS_FILE) -> Any:
-    """Skip the stage when DVC says it is up to date, else run it and `dvc commit` it."""
+def run_stage(name: str, root: str, params_file: str = PARAMS_FILE, pull: bool = False) -> Any:
+    """Skip the stage when DVC says it is up to date, restore it when DVC holds its result (the cache,
+    then the run-cache, as `dvc repro` does; with `pull` also the DVC remote's), else run it and
+    `dvc commit` it."""
     logger = get_run_logger()
     root_path = Path(root)
     status = dvc_status(root_path, name)
     if not status:
         logger.info("%s: up to date in dvc.lock, skipped", name)
         return Completed(name="Cached", message=f"{name}: up to date in dvc.lock")
-    if _only_missing_outputs(status) and dvc_checkout(root_path, name):
-        logger.info("%s: outputs restored from the DVC cache", name)
-        return Completed(name="Cached", message=f"{name}: restored from the DVC cache")
+    where = "the DVC remote" if pull else "the DVC cache"
+    if _only_missing_outputs(status) and dvc_checkout(root_path, name, pull=pull):
+        logger.info("%s: outputs restored from %s", name, where)
+        return Completed(name="Cached", message=f"{name}: restored from {where}")
+    if dvc_restore(root_path, name, pull=pull):
+        logger.info("%s: a run with the same deps and params is in DVC's run-cache: its outputs restored from %s",
+                    name, where)
+        return Completed(name="Cached", message=f"{name}: restored from the run-cache ({where})")
     logger.info("%s: running (%s)", name, status)
     try:
         with working_dir(root_path):
@@ -175,10 +183,10 @@ def succeeded(result: Any) -> bool:
     return not (isinstance(result, State) and result.is_failed())
 
 
-def run_and_publish(name: str, root: str, publish: Callable[[Path, bool], None]) -> Any:
+def run_and_publish(name: str, root: str, publish: Callable[[Path, bool], None], pull: bool = False) -> Any:
     """Run the stage (or skip it, up to date); then show its report as an artifact, if it succeeded.
     `publish(root, ran_now)`: ran_now is False when DVC found the stage up to date (shown Cached)."""
-    result = run_stage(name, root)
+    result = run_stage(name, root, pull=pull)
     if succeeded(result):
         publish(Path(root), not isinstance(result, State))
     return result
@@ -214,37 +222,37 @@ def pinned_source(root: str) -> Any:
 
 
 @task(name="source", cache_policy=NO_CACHE)
-def source_task(root: str, pinned: bool = False) -> Any:
+def source_task(root: str, pinned: bool = False, pull: bool = False) -> Any:
     # always runs: resolves what data.source is now; download reruns only when that changed
     if pinned:
         return pinned_source(root)
-    return run_and_publish("source", root, _source_artifact)
+    return run_and_publish("source", root, _source_artifact, pull=pull)
 
 
 @task(name="download", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_no_retry_on_bad_data,
       cache_policy=NO_CACHE)
-def download_task(root: str) -> Any:
-    return run_stage("download", root)
+def download_task(root: str, pull: bool = False) -> Any:
+    return run_stage("download", root, pull=pull)
 
 
 @task(name="filter", cache_policy=NO_CACHE)
-def filter_task(root: str) -> Any:
-    return run_and_publish("filter", root, _filter_artifact)
+def filter_task(root: str, pull: bool = False) -> Any:
+    return run_and_publish("filter", root, _filter_artifact, pull=pull)
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
-def tokenize_task(root: str) -> Any:
-    return run_stage("tokenize", root)
+def tokenize_task(root: str, pull: bool = False) -> Any:
+    return run_stage("tokenize", root, pull=pull)
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(root: str) -> Any:
+def train_task(root: str, pull: bool = False) -> Any:
     # no retries: a failed run resumes from its last checkpoint on the next flow run;
     # the timeout (train.timeout_minutes) is enforced on the training process itself
     reporter = ArtifactProgress()
     token = progress_reporter.set(reporter)
     try:
-        return run_stage("train", root)
+        return run_stage("train", root, pull=pull)
     finally:
         progress_reporter.reset(token)
 
@@ -271,13 +279,16 @@ class ArtifactProgress(TerminalProgress):
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(root: str) -> Any:
-    return run_and_publish("evaluate", root, _metrics_artifact)
+def evaluate_task(root: str, pull: bool = False) -> Any:
+    return run_and_publish("evaluate", root, _metrics_artifact, pull=pull)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(root: str) -> Any:
-    return run_and_publish("register", root, _register_artifact)
+def register_task(root: str, pull: bool = False) -> Any:
+    # with `pull` (uqa run --push) the registration event waits for the publication (_publish_and_regate):
+    # a version registered here is announced once the remotes hold it, never one that a re-gate replaced
+    return run_and_publish("register", root, _register_artifact_unannounced if pull else _register_artifact,
+                           pull=pull)
 
 
 # one Prefect task per stage, chained in tasks/chain.py's order (dvc.yaml's, checked by tests/test_dvc_yaml.py)
@@ -333,6 +344,10 @@ def _register_artifact(root: Path, ran_now: bool = True) -> None:
         notify_registration(r)
 
 
+def _register_artifact_unannounced(root: Path, ran_now: bool = True) -> None:
+    publish_registration(root, read_json(root / layout.report("register")))
+
+
 def notify_registration(r: dict[str, Any]) -> None:
     """The `uqa.model.registered` event (`uqa alerts` notifies on it); a failure to send is a warning,
     never a failed run: the version is registered either way."""
@@ -380,7 +395,9 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
     repo lock) from start to end: another run, `dvc repro` or `dvc exp run` there fails at once, or
     this run waits up to `wait_for_lock_minutes` for them, saying who holds it.
 
-    `push` sends the results to the remotes (an experiment: `dvc exp push origin NAME`);
+    `push` makes the remotes the record (uqa/publish.py): the registry and DVC's run-cache come from the git
+    remote `origin` and the default DVC remote first, and the run's outputs, run-cache, registry branch and
+    GTO tags go to them at the end (an experiment: `dvc exp push origin NAME`);
     `pin_source` (a sweep's trials) keeps data.source as the run's data/source.json recorded it."""
     apply_runtime_defaults()  # a deployment's run imports us in Prefect's engine: the stages' libraries come later
     logger = get_run_logger()
@@ -401,18 +418,27 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
 
 
 def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool = False) -> Any:
+    """The stages in order. With `push` (a plain run: uqa run --push), the remotes are the record: the
+    registry and DVC's run-cache come from them first, and what the run made goes to them at the end."""
     logger = get_run_logger()
-    load_params(root / PARAMS_FILE)  # every mistyped param, before any stage does work
+    params = load_params(root / PARAMS_FILE)  # every mistyped param, before any stage does work
     r = str(root)
-    stages: dict[str, str] = {}
+    remote = push and register
     upstream: list[State] = []
+    if remote:
+        require_remotes(root, GIT_REMOTE)  # before any work: which remote to add, in one line
+        sync = sync_task(r, params.register.name, return_state=True)
+        if sync.is_failed():
+            return Failed(message=sync.message)
+        upstream = [sync]
+    stages: dict[str, str] = {}
     for stage_task in STAGE_TASKS:
         if stage_task is register_task and not register:
             stages[stage_task.name] = "Skipped (experiment)"
             continue
         # wait_for records the previous stage as this one's upstream: the UI draws the chain
         extra = {"pinned": True} if stage_task is source_task and pin_source else {}
-        state = stage_task(r, **extra, return_state=True, wait_for=upstream)
+        state = stage_task(r, **extra, pull=remote, return_state=True, wait_for=upstream)
         upstream = [state]
         stages[stage_task.name] = state.name
         if state.is_failed():
@@ -420,11 +446,70 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
             return Failed(message=state.message)
     if register:  # retention (register.keep_last): old experiments and the DVC cache, with the workspace held
         _retention(root)
-    if push:
-        _push(root)
+    published = None
+    if remote:
+        published = _publish_and_regate(root, params.register.name, stages, upstream)
+        if isinstance(published, State):
+            return published
     metrics = read_json(root / layout.METRICS_FILE)
     registration = read_json(root / layout.report("register")) if register else {}
-    return {"metrics": metrics, "registration": registration, "stages": stages}
+    result = {"metrics": metrics, "registration": registration, "stages": stages}
+    if published is not None:
+        result["published"] = published
+    return result
+
+
+PUBLISH_ATTEMPTS = 5  # re-gates after another machine published first, before giving up
+
+
+@task(name="sync", cache_policy=NO_CACHE)
+def sync_task(root: str, name: str) -> dict[str, Any]:
+    """The registry branch, tags, registry directory and run-cache from the remotes (uqa/publish.py)."""
+    try:
+        report = sync_from_remotes(Path(root), name, GIT_REMOTE)
+    except UserError as exc:  # a remote that cannot be read: one line, no traceback, nothing run
+        get_run_logger().error("sync: %s", exc)
+        return Failed(message=f"sync: {exc}", data=exc)
+    return {"state": report.state, "registry_restored": report.registry_restored, "dropped": report.discarded}
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(root: str, name: str) -> dict[str, Any]:
+    try:
+        report = publish(Path(root), name, GIT_REMOTE)
+    except PublishConflict as exc:  # another machine published first: the flow re-gates
+        return Failed(message=str(exc), data=exc)
+    except UserError as exc:
+        get_run_logger().error("publish: %s", exc)
+        return Failed(message=str(exc), data=exc)
+    get_run_logger().info("%s", report.describe(GIT_REMOTE))
+    return {"dvc_files": report.dvc_pushed, "tags": [t.removeprefix("refs/tags/") for t in report.tags]}
+
+
+def _publish_and_regate(root: Path, name: str, stages: dict[str, str], upstream: list[State]) -> Any:
+    """Publish; when another machine published first, take its registry and register this run's model
+    again, gated against the prod that is current now, then publish again (uqa/publish.py)."""
+    logger = get_run_logger()
+    r = str(root)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        state = publish_task(r, name, return_state=True, wait_for=upstream)
+        if state.is_completed():
+            published = state.result()
+            notify_registration(read_json(root / layout.report("register")))
+            return published
+        exc = state.result(raise_on_failure=False)
+        if not isinstance(exc, PublishConflict) or attempt == PUBLISH_ATTEMPTS:
+            return Failed(message=f"publish: {state.message}")
+        logger.warning("publish: %s (attempt %d of %d)", exc, attempt, PUBLISH_ATTEMPTS)
+        sync = sync_task(r, name, return_state=True, wait_for=[allow_failure(state)])  # drawn after it in the UI
+        if sync.is_failed():
+            return Failed(message=sync.message)
+        regated = register_task(r, pull=True, return_state=True, wait_for=[sync])
+        stages["register"] = f"{regated.name} (re-gated)"
+        if regated.is_failed():
+            return Failed(message=regated.message)
+        upstream = [regated]
+    return Failed(message="publish: gave up")
 
 
 def _retention(root: Path) -> None:
@@ -489,14 +574,6 @@ def experiment_markdown(name: str, overrides: dict[str, Any], metrics: dict[str,
              f"`dvc exp show` lists it; `dvc exp apply {name}` brings its params and outputs into the workspace, "
              "then `uqa run` registers it through the promotion gate."]
     return "\n".join(lines)
-
-
-def _push(root: Path) -> None:
-    pushed = dvc_push(root)
-    if pushed is None:
-        get_run_logger().warning("push requested but no default DVC remote is configured (dvc remote add -d)")
-    else:
-        get_run_logger().info("dvc push: %s files", pushed)
 
 
 if __name__ == "__main__":

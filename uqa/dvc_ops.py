@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa.atomic import atomic_write_json
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 from uqa.jsonfile import read_json
 from uqa.statefiles import guarded_commit, recover_lockfile
 
@@ -165,19 +165,71 @@ def dvc_commit(root: Path, stage: str) -> None:
         repo.commit(stage, force=True)
 
 
-def dvc_checkout(root: Path, stage: str) -> bool:
-    """Restore a stage's outputs from the DVC cache when dvc.lock is current but files are missing."""
+def dvc_checkout(root: Path, stage: str, pull: bool = False) -> bool:
+    """Restore a stage's outputs from the DVC cache when dvc.lock is current but files are missing
+    (with `pull`, objects the cache lacks come from the default DVC remote first)."""
     try:
         with dvc_repo(root) as repo:
+            if pull:
+                repo.fetch(targets=[stage])
             repo.checkout(targets=[stage])
         return not dvc_status(root, stage)
     except Exception:
         return False
 
 
-def dvc_push(root: Path, targets: list[str] | None = None) -> int | None:
-    """`dvc push [targets]` to the default remote; None when no default remote is configured."""
+def dvc_restore(root: Path, stage: str, pull: bool = False) -> bool:
+    """Restore a stage from DVC's run-cache, as `dvc repro` does before running a stage: when a run with
+    the same command, deps and params was recorded (here, or on another machine and fetched with
+    `dvc fetch --run-cache`), its outputs are checked out instead of running it, and dvc.lock records it.
+    With `pull`, the outputs come from the default DVC remote when the cache lacks them. False when there
+    is no such run (or the stage cannot be restored: `always_changed`, persistent outputs)."""
+    from dvc.repo import lock_repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    try:
+        with dvc_repo(root) as repo:
+            found = repo.stage.collect(stage)
+            if len(found) != 1:
+                return False
+            # checking outputs out needs DVC's repo lock: held for the run by locked_workspace, else taken here
+            with contextlib.nullcontext() if repo.lock.is_locked else lock_repo(repo):
+                repo.stage_cache.restore(found[0], pull=pull)
+    except RunCacheNotFoundError:
+        return False
+    except Exception as exc:  # noqa: BLE001 - a run-cache that cannot be used: the stage simply runs
+        log.warning("%s: the run-cache could not be used (%s: %s); running the stage", stage, type(exc).__name__,
+                    first_line(exc))
+        return False
+    dvc_commit(root, stage)
+    return not dvc_status(root, stage)
+
+
+def dvc_push(root: Path, targets: list[str] | None = None, run_cache: bool = False) -> int | None:
+    """`dvc push [--run-cache] [targets]` to the default remote; None when no default remote is configured."""
     with dvc_repo(root) as repo:
         if not repo.config.get("core", {}).get("remote"):
             return None
-        return repo.push(targets=targets)
+        return repo.push(targets=targets, run_cache=run_cache)
+
+
+def push_run_cache(root: Path) -> int:
+    """`dvc push --run-cache`, and the files its entries need that it does not send: DVC 3 pushes the run
+    entries and the workspace's cached outputs, but not the `cache: false` outputs (reports, dvclive,
+    metrics) that a run-cache entry restores, which `dvc commit` put in the cache. Without them another
+    machine's restore (dvc_restore with pull) finds the entry but not its files, and runs the stage again.
+    Pushed here for this workspace's stages: exactly what that restore pulls. Returns the files sent."""
+    from dvc.stage.serialize import to_single_stage_lockfile
+
+    pushed = dvc_push(root, run_cache=True) or 0
+    with dvc_repo(root) as repo:
+        for stage in repo.index.stages:
+            recorded_run = (stage.cmd and stage.deps and stage.outs and not stage.always_changed
+                            and all(dep.hash_info for dep in stage.deps) and all(out.hash_info for out in stage.outs)
+                            and not any(out.persist for out in stage.outs))  # what the run-cache keeps (dvc.lock's)
+            if not recorded_run or all(out.use_cache for out in stage.outs):
+                continue  # not in the run-cache, or every output is one `dvc push` just sent
+            recorded = repo.stage_cache._create_stage(to_single_stage_lockfile(stage), wdir=stage.wdir)
+            for objs in recorded.get_used_objs().values():
+                pushed += len(repo.cloud.push(objs).transferred)
+    return pushed

@@ -29,6 +29,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError, first_line
+from uqa.git import GIT_REMOTE, git_run
 from uqa.git import git as _git
 
 
@@ -60,6 +61,24 @@ def is_git_repo(root: Path) -> bool:
             f"\"dubious ownership\": `git config --global --add safe.directory {Path(root).resolve()}`); the "
             "registry is never read without its GTO tags on a git error")
     return Path(r.stdout.strip()).resolve() == Path(root).resolve()
+
+
+def _checked_index(text: str, where: str, restore: str) -> dict[str, Any]:
+    """A registry index, or RegistryInconsistent naming `where` and how to `restore` it."""
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryInconsistent(f"{where} is unreadable ({exc}): {restore}") from None
+    versions = index.get("versions") if isinstance(index, dict) else None
+    if not isinstance(versions, list):
+        raise RegistryInconsistent(f"{where} is not a registry index (no 'versions' list): {restore}")
+    for i, v in enumerate(versions):  # the keys every reader (gate, `uqa registry`) relies on
+        if not (isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("metrics"), dict)
+                and "promoted" in v and "reason" in v):
+            raise RegistryInconsistent(
+                f"{where}: versions[{i}] is not a version record (it needs 'version', 'metrics', "
+                f"'promoted', 'reason'): {restore}")
+    return index
 
 
 def _finite_number(x: Any) -> bool:
@@ -116,21 +135,26 @@ class Registry:
                 raise RegistryInconsistent(
                     f"{self.store} has version directories ({', '.join(found)}) but no index.json: {restore}, "
                     f"or move those directories away if they are not versions of {self.name}")
-            return {"name": self.name, "versions": []}
+            published = self.published_index()
+            return published if published is not None else {"name": self.name, "versions": []}
         try:
-            index = json.loads(self.index_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = self.index_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise RegistryInconsistent(f"{self.index_path} is unreadable ({exc}): {restore}") from None
-        versions = index.get("versions") if isinstance(index, dict) else None
-        if not isinstance(versions, list):
-            raise RegistryInconsistent(f"{self.index_path} is not a registry index (no 'versions' list): {restore}")
-        for i, v in enumerate(versions):  # the keys every reader (gate, `uqa registry`) relies on
-            if not (isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("metrics"), dict)
-                    and "promoted" in v and "reason" in v):
-                raise RegistryInconsistent(
-                    f"{self.index_path}: versions[{i}] is not a version record (it needs 'version', 'metrics', "
-                    f"'promoted', 'reason'): {restore}")
-        return index
+        return _checked_index(text, str(self.index_path), restore)
+
+    def published_index(self) -> dict[str, Any] | None:
+        """The index on the registry branch (here, or as fetched from the git remote: a plain `git clone`
+        has it), for a clone whose registry/ was never pulled: `uqa registry` and `uqa serve` read it there.
+        Registering still needs the files (the gate checks prod's), which `uqa run --push` restores."""
+        if not self.uses_git:
+            return None
+        for ref in (REGISTRY_BRANCH, f"refs/remotes/{GIT_REMOTE}/{REGISTRY_BRANCH.removeprefix('refs/heads/')}"):
+            r = git_run(Path(self.root), "cat-file", "blob", f"{ref}:{self.name}/index.json")
+            if r.returncode == 0:
+                return _checked_index(r.stdout, f"{ref}:{self.name}/index.json",
+                                      "publish the registry again (`uqa run --push`)")
+        return None
 
     def versions(self) -> list[dict[str, Any]]:
         return self.index()["versions"]

@@ -59,6 +59,11 @@ def _print_result(result: dict, base: Path = Path(".")) -> None:
         name = result["experiment"]
         print(f"experiment {name}: saved as a DVC experiment (dvc exp show); params.yaml unchanged, not registered "
               f"(dvc exp apply {name}, then uqa run, registers it through the promotion gate)")
+    published = result.get("published")
+    if published is not None:
+        tags = ", ".join(published.get("tags") or []) or "no new tags"
+        print(f"published to {GIT_REMOTE}: {tags} (registry branch uqa-registry; {published.get('dvc_files', 0)} "
+              "file(s) to the DVC remote first)")
     stages = result.get("stages")
     if stages:
         print("stages: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
@@ -313,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override params.yaml, e.g. -S train.epochs=1: the run is a DVC experiment in its own "
                         "workspace (dvc exp show lists it); params.yaml is not changed and nothing is registered")
-    p.add_argument("--push", action="store_true", help="dvc push at the end (needs a default remote)")
+    p.add_argument("--push", action="store_true",
+                   help="the remotes are the record: take the registry and DVC's run-cache from the git remote "
+                        "origin and the default DVC remote first, publish the outputs, registry branch and GTO "
+                        "tags to them at the end (needs both remotes)")
     p.add_argument("--wait", type=float, default=0.0, metavar="MINUTES", help=WAIT_HELP)
     p.set_defaults(func=cmd_run)
 
