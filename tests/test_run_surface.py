@@ -164,6 +164,40 @@ def test_remote_url_and_git_errors_carry_no_credentials(remote_with_token, monke
     assert "127.0.0.1" in str(info.value) and TOKEN not in str(info.value)
 
 
+def test_a_git_call_that_times_out_is_one_line_without_credentials(tmp_path):
+    """A remote that accepts the connection and never answers: git would wait for ever; the timeout is a
+    GitError of one line, the URL's token stripped (Python's TimeoutExpired repeats the whole command)."""
+    import socket
+
+    from uqa.git import GitError, git
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://someone:{TOKEN}@127.0.0.1:{silent.getsockname()[1]}/repo.git"
+        with pytest.raises(GitError) as info:
+            git(tmp_path, "ls-remote", url, timeout=1)
+    message = str(info.value)
+    assert "timed out after 1 s" in message and TOKEN not in message and "\n" not in message
+
+
+def test_a_replica_s_follow_error_is_one_line_without_credentials():
+    """What /v1/model and the log say when following prod fails with a library's error."""
+    from uqa.serving.models import ModelHolder
+
+    class Source:
+        follows, spec = True, "uqa-qa:prod"
+
+        def fingerprint(self):
+            raise RuntimeError(f"fetch of https://bot:{TOKEN}@git.example.com/r.git failed\nsecond line")
+
+    holder = ModelHolder(Source(), load=lambda r: None, poll_seconds=0.01)
+    polls = iter([False, True])
+    holder._stop.wait = lambda seconds: next(polls)  # one poll, then stop
+    holder._watch()
+    assert holder.last_error == "RuntimeError: fetch of https://git.example.com/r.git failed"
+
+
 def test_trial_job_variables_carry_no_credentials():
     from flows.sweep import RemoteTrials, trial_job_variables
 

@@ -128,6 +128,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
             "name": r.name, "version": r.version, "stage": r.stage, "model": holder.source.spec,
             "path": str(r.path), "backend": served.backend, "backend_notes": served.notes,
             "follows_stage": holder.source.follows, "last_follow_error": holder.last_error,
+            "refused": {k: v for k, v in holder.refused.items() if k != "fingerprint"} if holder.refused else None,
             "swaps": holder.swaps, "loaded_at": served.loaded_at, "load_seconds": round(served.load_seconds, 3),
             "inference": {"max_seq_length": p.max_seq_length, "stride": p.stride, "n_best": p.n_best,
                           "max_answer_length": p.max_answer_length, "no_answer_threshold": p.no_answer_threshold,

@@ -17,10 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uqa.errors import UserError
+from uqa.errors import UserError, first_line
 from uqa.git import git_run
+from uqa.redact import strip_url_credentials
 
 log = logging.getLogger(__name__)
+
+
+class ModelRefused(UserError):
+    """A version the gate did not approve for this stage, or whose files are not the ones it approved:
+    never loaded; the holder keeps the current version and does not try it again until the source moves."""
+
+    def __init__(self, version: str, message: str):
+        super().__init__(message)
+        self.version = version
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class ModelHolder:
         self.source, self.load, self.poll_seconds = source, load, poll_seconds
         self.current: ServedModel | None = None
         self.last_error: str | None = None
+        self.refused: dict[str, Any] | None = None  # the version not served, why, and the source state it had
         self.swaps: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,11 +152,17 @@ class ModelHolder:
         return self.current
 
     def check_once(self) -> bool:
-        """Load and swap in the stage's version if it moved; True when a swap happened."""
+        """Load and swap in the stage's version if it moved; True when a swap happened. A version refused
+        (ModelRefused) is not tried again until the source moves again: never downloaded again and again."""
         fingerprint = self.source.fingerprint()
-        if fingerprint == self._fingerprint:
+        if fingerprint == self._fingerprint or (self.refused and self.refused["fingerprint"] == fingerprint):
             return False
-        resolved = self.source.resolve()
+        try:
+            resolved = self.source.resolve()
+        except ModelRefused as exc:
+            self.refused = {"version": exc.version, "reason": str(exc), "at": time.time(), "fingerprint": fingerprint}
+            raise
+        self.refused = None
         current = self.current
         if current is not None and resolved.version == current.version:
             self._fingerprint = fingerprint
@@ -174,10 +191,12 @@ class ModelHolder:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.check_once()
-                self.last_error = None
+                self.last_error = self.refused["reason"] if self.refused else None
             except Exception as exc:  # keep serving the current version; say why the new one is not
-                message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc)
-                if message != self.last_error:
+                # one line, no credentials: a git or DVC message may carry the remote's URL
+                message = strip_url_credentials(str(exc) if isinstance(exc, UserError)
+                                                else f"{type(exc).__name__}: {first_line(exc)}")
+                if message != self.last_error:  # said once, not at every poll
                     log.error("could not follow %s (still serving %s): %s", self.source.spec,
                               self.current.version if self.current else None, message)
                 self.last_error = message
