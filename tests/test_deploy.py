@@ -269,7 +269,7 @@ IMAGE = "ghcr.io/example/uqa-pipeline:cuda12"
 def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
     """`prefect deploy --all` against a real server once the pools exist; the docker and kubernetes
     jobs, rendered from the pools' base job templates exactly as their workers render them, carry the
-    image, the GPU request and the environment, and their pull steps clone + `dvc pull`."""
+    image, the GPU request and the environment, and their pull steps clone the branch (as weekly-remote)."""
     import asyncio
 
     import yaml
@@ -280,13 +280,14 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
     env = dict(os.environ, PREFECT_API_URL=url, PWD=str(REPO), UQA_IMAGE=IMAGE,
                UQA_GIT_REPOSITORY="https://git.example.invalid/uqa-pipeline.git", UQA_GIT_BRANCH="main")
     prefect_cli("work-pool", "create", "uqa-local", "--type", "process", "--overwrite", env=env)
+    prefect_cli("work-pool", "create", "uqa-remote", "--type", "process", "--overwrite", env=env)
     prefect_cli("work-pool", "create", "uqa-gpu-docker", "--type", "docker", "--overwrite", env=env)
     prefect_cli("work-pool", "create", "uqa-gpu-k8s", "--type", "kubernetes", "--overwrite", "--base-job-template",
                 str(REPO / "deploy" / "k8s-gpu-job-template.json"), env=env)
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
 
     names = [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]]
-    assert {"weekly", "trial", "trial-remote", "weekly-gpu-docker", "weekly-gpu-k8s"} <= set(names)
+    assert {"weekly", "trial", "trial-remote", "weekly-remote", "weekly-gpu-docker", "weekly-gpu-k8s"} <= set(names)
     deployed = {n: api(url, f"/deployments/name/uqa-pipeline/{n}") for n in names}
     for name, d in deployed.items():
         # trial-remote imports the installed pipeline (its clone is the project's, which need not hold the code)
@@ -302,12 +303,15 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
         template = api(url, f"/work_pools/{pool}")["base_job_template"]
         return asyncio.run(config_cls.from_template_and_values(template, deployment["job_variables"]))
 
-    for name in ("weekly-gpu-docker", "weekly-gpu-k8s"):
+    for name in ("weekly-remote", "weekly-gpu-docker", "weekly-gpu-k8s"):
+        # the same steps everywhere: a clone of the branch in a directory of the run's own (its id is
+        # filled in when the run starts); the flow takes the rest from the remotes (push: true)
         steps = deployed[name]["pull_steps"]
+        assert steps == deployed["weekly-remote"]["pull_steps"] and len(steps) == 1
         clone = steps[0]["prefect.deployments.steps.git_clone"]
         assert clone["repository"] == env["UQA_GIT_REPOSITORY"] and clone["branch"] == "main"
-        assert "dvc pull" in steps[1]["prefect.deployments.steps.run_shell_script"]["script"]
-        assert deployed[name]["parameters"]["project_dir"] == "."  # the clone, not a path on this machine
+        assert clone["clone_directory_name"] == "uqa-run-{{ $PREFECT__FLOW_RUN_ID }}"
+        assert deployed[name]["parameters"] == {"project_dir": ".", "push": True}  # the clone, published
 
     # a trial's clone is chosen per run (the sweep's commit, a directory of its own): the templates stay
     # unresolved in the deployment and are filled from the trial run's environment when it starts
