@@ -168,3 +168,40 @@ def test_vectorized_matches_a_python_reference(seed):
         w, i, j = best[1]
         assert (spans.feature[ex], spans.start_token[ex], spans.end_token[ex]) == (w, i, j)
         assert spans.score[ex] == pytest.approx(best[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranked_spans_are_the_k_best_distinct_spans_the_first_best_spans(seed):
+    """Random logits over overlapping windows (the same characters in two windows): the k best distinct
+    character spans of a plain loop over the n_best x n_best pairs, and the first is best_spans' answer."""
+    from uqa.postprocess import ranked_spans
+
+    rng = np.random.default_rng(seed)
+    n, width, n_best, max_len, k = 40, 30, 5, 6, 4
+    ctx = np.zeros((n, width), bool)
+    ctx[:, 8:27] = True
+    shift = np.where(np.arange(n) % 2 == 1, 9, 0)[:, None]  # odd windows start 9 tokens into their example
+    cs = np.where(ctx, (np.arange(width)[None, :] + shift) * 3, -1)
+    ce = np.where(ctx, (np.arange(width)[None, :] + shift) * 3 + 2, -1)
+    start = rng.normal(size=(n, width)).astype(np.float32)
+    end = rng.normal(size=(n, width)).astype(np.float32)
+    owner = np.repeat(np.arange(n // 2), 2)
+    ranked = ranked_spans(start, end, ctx, owner, cs, ce, n_best=n_best, max_answer_length=max_len, k=k)
+    best = best_spans(start, end, ctx, owner, cs, ce, n_best=n_best, max_answer_length=max_len)
+    for ex in range(n // 2):
+        spans: dict[tuple[int, int], float] = {}
+        for w in np.flatnonzero(owner == ex):
+            s_masked = np.where(ctx[w], start[w], -np.inf)
+            e_masked = np.where(ctx[w], end[w], -np.inf)
+            for i in np.argsort(-s_masked)[:n_best]:
+                for j in np.argsort(-e_masked)[:n_best]:
+                    if ctx[w, i] and ctx[w, j] and i <= j < i + max_len:
+                        key = (int(cs[w, i]), int(ce[w, j]))
+                        spans[key] = max(spans.get(key, -np.inf), float(start[w, i] + end[w, j]))
+        want = sorted(spans.items(), key=lambda kv: -kv[1])[:k]
+        mine = ranked["example"] == ex
+        got = list(zip(ranked["char_start"][mine].tolist(), ranked["char_end"][mine].tolist(), strict=True))
+        assert got == [key for key, _ in want]
+        assert ranked["score"][mine] == pytest.approx([score for _, score in want], rel=1e-6)
+        assert got[0] == (best.char_start[ex], best.char_end[ex])
+        assert np.all(np.diff(ranked["score"][mine]) <= 0) and np.all(ranked["probability"][mine] <= 1)

@@ -55,6 +55,39 @@ class Windows:
     def token_window(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_windows, dtype=np.int64), self.lengths)
 
+    def take(self, index: np.ndarray) -> Windows:
+        """The windows at `index` (in that order), as windows of their own."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        tokens = _ranges(self.row_splits[:-1][index], lengths)
+        splits = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=splits[1:])
+
+        def pick(a):
+            return None if a is None else a[tokens]
+
+        return Windows(self.input_ids[tokens], pick(self.token_type_ids), pick(self.char_start), pick(self.char_end),
+                       splits, self.window_to_example[index])
+
+
+def concat_windows(parts: list[tuple[Windows, np.ndarray]]) -> Windows:
+    """Windows of several encodings as one: each part's `window_to_example` mapped through its array
+    (part-local example -> example of the whole)."""
+    if len(parts) == 1:
+        windows, examples = parts[0]
+        return Windows(windows.input_ids, windows.token_type_ids, windows.char_start, windows.char_end,
+                       windows.row_splits, np.asarray(examples, dtype=np.int32)[windows.window_to_example])
+
+    def cat(name):
+        arrays = [getattr(w, name) for w, _ in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    lengths = np.concatenate([w.lengths for w, _ in parts])
+    splits = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=splits[1:])
+    examples = np.concatenate([np.asarray(e, dtype=np.int32)[w.window_to_example] for w, e in parts])
+    return Windows(cat("input_ids"), cat("token_type_ids"), cat("char_start"), cat("char_end"), splits, examples)
+
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s+l) for each (s, l), vectorized (int32 while it fits: half the

@@ -190,3 +190,64 @@ def _span_probability(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.
 def no_answer_margin(spans: ExampleSpans) -> np.ndarray:
     """null - best span: above the threshold, the prediction is "" (no answer)."""
     return np.where(np.isfinite(spans.score), spans.null_score - spans.score, np.inf)
+
+
+def ranked_spans(start_logits: np.ndarray, end_logits: np.ndarray, context_mask: np.ndarray,
+                 feature_to_example: np.ndarray, char_start: np.ndarray, char_end: np.ndarray, n_best: int = 20,
+                 max_answer_length: int = 30, k: int = 1, cls_index: int = 0) -> dict[str, np.ndarray]:
+    """The `k` best distinct character spans of each example, best first: the same candidates as
+    `best_spans` (per window, the valid pairs among the n_best starts x n_best ends, or the exhaustive
+    best where none is valid), ranked by start+end score over all of the example's windows, ties to the
+    earlier window and pair, so the first is `best_spans`' answer. A span found in several (overlapping)
+    windows counts once, with its best score. Returns flat arrays sorted by example, then rank:
+    example, char_start, char_end, score, probability (softmax within its window, as best_spans')."""
+    start_logits = np.asarray(start_logits, dtype=np.float32)
+    end_logits = np.asarray(end_logits, dtype=np.float32)
+    ctx = np.asarray(context_mask, dtype=bool)
+    n_feat, length = start_logits.shape
+    kk = min(n_best, length)
+    s_masked = np.where(ctx, start_logits, NEG)
+    e_masked = np.where(ctx, end_logits, NEG)
+    s_idx = np.argpartition(-s_masked, kk - 1, axis=1)[:, :kk]
+    e_idx = np.argpartition(-e_masked, kk - 1, axis=1)[:, :kk]
+    s_val = np.take_along_axis(s_masked, s_idx, axis=1)
+    e_val = np.take_along_axis(e_masked, e_idx, axis=1)
+    span_len = e_idx[:, None, :] - s_idx[:, :, None] + 1
+    valid = (np.isfinite(s_val)[:, :, None] & np.isfinite(e_val)[:, None, :] & (span_len >= 1)
+             & (span_len <= max_answer_length))
+    pair = np.where(valid, s_val[:, :, None] + e_val[:, None, :], NEG).reshape(n_feat, kk * kk)
+    m = min(k, kk * kk)
+    top = np.argsort(-pair, axis=1, kind="stable")[:, :m]  # ties keep the flat order argmax would take
+    top_score = np.take_along_axis(pair, top, axis=1)
+    keep = np.isfinite(top_score)
+    feat = np.repeat(np.arange(n_feat), m).reshape(n_feat, m)[keep]
+    flat = top[keep]
+    score = top_score[keep]
+    s = s_idx[feat, flat // kk]
+    e = e_idx[feat, flat % kk]
+    missing = ~keep.any(axis=1) & ctx.any(axis=1)
+    if missing.any():  # no valid top pair: the exhaustive best, as best_span_per_window takes it
+        sc, ss, se = _exhaustive_best(start_logits[missing], end_logits[missing], ctx[missing], max_answer_length)
+        found = np.isfinite(sc)
+        feat = np.concatenate([feat, np.flatnonzero(missing)[found]])
+        flat = np.concatenate([flat, np.zeros(int(found.sum()), dtype=flat.dtype)])
+        score = np.concatenate([score, sc[found]])
+        s = np.concatenate([s, ss[found]])
+        e = np.concatenate([e, se[found]])
+    example = np.asarray(feature_to_example)[feat]
+    cs, ce = char_start[feat, s], char_end[feat, e]
+    order = np.lexsort((flat, feat, -score, example))
+    example, cs, ce, score, feat, s, e = (a[order] for a in (example, cs, ce, score, feat, s, e))
+    key = np.stack([example.astype(np.int64), cs.astype(np.int64), ce.astype(np.int64)], axis=1)
+    _, first = np.unique(key, axis=0, return_index=True)
+    first = np.sort(first)  # the best occurrence of each span, in rank order
+    example, cs, ce, score, feat, s, e = (a[first] for a in (example, cs, ce, score, feat, s, e))
+    group_start = np.r_[0, np.flatnonzero(np.diff(example)) + 1]
+    rank = np.arange(len(example)) - np.repeat(group_start, np.diff(np.r_[group_start, len(example)]))
+    top_k = rank < k
+    allowed = ctx.copy()
+    allowed[:, cls_index] = True
+    ls, le = _softmax_log_norm(start_logits, allowed), _softmax_log_norm(end_logits, allowed)
+    prob = np.exp(start_logits[feat, s] - ls[feat] + end_logits[feat, e] - le[feat])
+    return {"example": example[top_k], "char_start": cs[top_k].astype(np.int64), "char_end": ce[top_k].astype(np.int64),
+            "score": score[top_k].astype(np.float64), "probability": prob[top_k].astype(np.float64)}
