@@ -14,6 +14,7 @@ same weights retries a push that is not recorded as done (the registration itsel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from uqa.atomic import atomic_dir, atomic_write_json
 from uqa.errors import DataError, UserError
 from uqa.gate import decide, regate_pending, require_metrics_of, verify_pending_version
 from uqa.hub_push import hub_done, push_and_record
-from uqa.inference_settings import INFERENCE_FILE, registry_settings, weights_sha256
+from uqa.inference_settings import EVAL_QUESTIONS_FILE, INFERENCE_FILE, registry_settings, weights_sha256
 from uqa.jsonfile import read_json
 from uqa.model_card import model_card
 from uqa.params import PARAMS_FILE, Params
@@ -41,6 +42,7 @@ METRICS_FILE = layout.METRICS_FILE
 DOWNLOAD_REPORT = layout.report("download")
 TRAIN_REPORT = layout.report("train")
 REPORT = layout.report("register")
+EXAMPLES = layout.FILTERED_DIR / "validation"  # the evaluation set, which the version records a sample of
 MODEL_FILES_SKIP = {"training_args.bin"}  # pickled Python objects do not belong in a shipped model
 
 
@@ -136,7 +138,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
             "f1_change": round(f1 - prod_f1, 4) if prod_f1 is not None else None})
         card = model_card(cfg.name, version, params, metrics, read_json(run_dir / DOWNLOAD_REPORT),
                           read_json(run_dir / TRAIN_REPORT), promote, reason, lineage=record["lineage"])
-        _write_version(registry, version, model_dir, metrics, digest, card, record)
+        _write_version(registry, version, model_dir, metrics, digest, card, record, run_dir / EXAMPLES)
         hub_url = _index_tag_and_push(registry, index, record, cfg)
         report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,
                   "prod_version": version if promote else prod, "path": str(registry.version_dir(version)),
@@ -192,9 +194,12 @@ def _version_record(version: str, digest: str, params: Params, metrics: dict[str
 
 
 def _write_version(registry: Registry, version: str, model_dir: Path, metrics: dict[str, Any], digest: str,
-                   card: str, record: dict[str, Any]) -> None:
-    """registry/<name>/<version>/: the model files, its inference settings, card and record, atomically."""
+                   card: str, record: dict[str, Any], examples_dir: Path | None = None) -> None:
+    """registry/<name>/<version>/: the model files, its inference settings, card and record, and a sample
+    of the questions it was evaluated on (what `uqa serve --backend onnx` checks its answers on), atomically."""
     with atomic_dir(registry.version_dir(version)) as tmp:
+        if examples_dir is not None:
+            write_eval_questions(examples_dir, tmp / EVAL_QUESTIONS_FILE)
         for f in sorted(model_dir.iterdir()):
             if f.is_file() and f.name not in MODEL_FILES_SKIP:
                 _link_or_copy(f, tmp / f.name)
@@ -203,6 +208,26 @@ def _write_version(registry: Registry, version: str, model_dir: Path, metrics: d
         atomic_write_json(tmp / INFERENCE_FILE, registry_settings(model_dir, metrics, digest))
         (tmp / "README.md").write_text(card, encoding="utf-8")
         atomic_write_json(tmp / "registration.json", record)
+
+
+EVAL_QUESTIONS = 200  # recorded per version: enough to see a backend change answers, small beside the weights
+
+
+def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS) -> int:
+    """Up to `n` of the evaluation's questions (one row per id, spread by a hash of the id) as jsonl; 0 when
+    the evaluation set is not here (a registration never fails for lack of them)."""
+    import datasets
+
+    if not Path(examples_dir).is_dir():
+        log.warning("register: %s is missing: the version records no evaluation questions", examples_dir)
+        return 0
+    frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
+    frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
+    rows = frame.sort_values("_key").head(n)
+    with open(dest, "w", encoding="utf-8") as f:
+        for r in rows.itertuples():
+            f.write(json.dumps({"id": str(r.id), "question": r.question, "context": r.context}, ensure_ascii=False) + "\n")
+    return len(rows)
 
 
 def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[str, Any], cfg) -> str | None:

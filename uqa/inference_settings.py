@@ -30,6 +30,7 @@ from uqa.params import EvaluateParams, TokenizeParams
 log = logging.getLogger(__name__)
 
 INFERENCE_FILE = "uqa_inference.json"
+EVAL_QUESTIONS_FILE = "eval_questions.jsonl"  # in a registry version: a sample of the questions it was evaluated on
 WINDOW_KEYS = ("max_seq_length", "stride")  # written at training time
 EVAL_KEYS = ("n_best", "max_answer_length", "no_answer_threshold")  # known after evaluate
 # for a model without uqa_inference.json (made before it existed): the schema's defaults, with the

@@ -2,9 +2,10 @@
 Runtime session (fp32, or int8 dynamic quantization) in the model's place.
 
 The Predictor's windows, span search and threshold are untouched, so a backend can change answers
-only through its logits. At load, a non-torch backend answers a check set of held-out questions
-(the shipped demo validation questions, or `--check-questions FILE`) with torch and with itself;
-the agreement is logged and shown at start-up and in /v1/model, with a warning when answers differ."""
+only through its logits. At load, a non-torch backend answers a check set with torch and with itself:
+the version's own evaluation questions (the sample `register` records in it, eval_questions.jsonl), or
+`--check-questions FILE`; the agreement, and which questions it was measured on, is logged, shown at
+start-up and in /v1/model, with a warning when answers differ."""
 
 from __future__ import annotations
 
@@ -18,18 +19,29 @@ from uqa.serving.models import Resolved, ServedModel
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-DEFAULT_CHECK = Path(__file__).resolve().parents[2] / "demo" / "data" / "validation.jsonl"
-CHECK_ROWS = 64
+CHECK_ROWS = 150
 
 
-def check_questions(path: Path | None = None, n: int = CHECK_ROWS) -> list[tuple[str, str]]:
+def check_file_for(model_dir: Path, given: Path | None = None) -> tuple[Path | None, str]:
+    """The questions a backend's agreement is measured on, and what they are."""
+    from uqa.inference_settings import EVAL_QUESTIONS_FILE
+
+    if given is not None:
+        return Path(given), f"--check-questions {given}"
+    own = Path(model_dir) / EVAL_QUESTIONS_FILE
+    if own.is_file():
+        return own, "the version's own evaluation questions"
+    return None, "none: the version records no evaluation questions (registered before they were recorded, or not " \
+                 "a registry version); pass --check-questions FILE"
+
+
+def check_questions(path: Path | None, n: int = CHECK_ROWS) -> list[tuple[str, str]]:
     """Held-out (question, context) pairs for the agreement check: [] when there is no such file."""
     from uqa.predict import read_batch
 
-    path = Path(path) if path else DEFAULT_CHECK
-    if not path.exists():
+    if path is None or not Path(path).exists():
         return []
-    rows = read_batch(path)[:n]
+    rows = read_batch(Path(path))[:n]
     return [(r["question"], r["context"]) for r in rows]
 
 
@@ -69,7 +81,8 @@ def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int 
 
         digest = weights_sha256(resolved.path)
         with_types = "token_type_ids" in predictor.tokenizer.model_input_names
-        pairs = check_questions(check_file)
+        check_path, what = check_file_for(resolved.path, check_file)
+        pairs = check_questions(check_path)
         reference = _answer_all(predictor, pairs) if pairs else []
         predictor.model = onnx_model(predictor.model, resolved.path, backend == "onnx-int8", with_types, digest,
                                      cache=onnx_cache, threads=threads)
@@ -77,9 +90,8 @@ def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int 
             candidate = _answer_all(predictor, pairs)
             kept = [(a, b) for a, b in zip(reference, candidate, strict=True) if a is not None and b is not None]
             same, total = agreement([a for a, _ in kept], [b for _, b in kept])
-            source = check_file or DEFAULT_CHECK
             note = (f"{backend} gives the same answer as torch on {same} of {total} held-out questions "
-                    f"({100 * same / max(total, 1):.1f}%, {source})")
+                    f"({100 * same / max(total, 1):.1f}%; {what}: {check_path})")
             if same < total:
                 note = f"WARNING: {backend} CHANGES ANSWERS: " + note
                 log.warning(note)
@@ -87,7 +99,8 @@ def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int 
                 log.info(note)
             notes.append(note)
         else:
-            notes.append(f"{backend}: no check questions found ({check_file or DEFAULT_CHECK}): agreement with "
-                         "torch not measured")
+            note = f"WARNING: {backend}: agreement with torch not measured (check questions: {what})"
+            log.warning(note)
+            notes.append(note)
     return ServedModel(resolved, predictor, backend, time.monotonic() - started, notes=notes)
 
