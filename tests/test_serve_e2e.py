@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import UQA_DIR, demo_tiny_params, free_port, make_project, needs_shared, stop_process_group
+from conftest import (
+    REPO,
+    UQA_DIR,
+    demo_tiny_params,
+    free_port,
+    make_project,
+    needs_shared,
+    stop_process_group,
+)
 
 from uqa.params import deep_merge
 
@@ -131,7 +139,7 @@ def test_eight_clients_get_exactly_what_predict_gives(project, server, tmp_path)
             (want["id"], want["answer"], want["start"], want["end"], want["no_answer"])
         assert abs(got["score"] - want["score"]) <= 1e-5 and got["model_version"] == "v0.0.1"
     info = httpx.get(f"{server.url}/v1/model").json()
-    assert info["batching"]["largest_batch"] > 1  # requests shared forward passes
+    assert info["scheduling"]["largest_pass"] > 1  # requests shared forward passes
     # many windows each: UQA contexts are far longer than the demo model's window
     assert info["inference"]["max_seq_length"] < 100
 
@@ -139,14 +147,16 @@ def test_eight_clients_get_exactly_what_predict_gives(project, server, tmp_path)
 def _bad_requests(url: str) -> list[tuple[int, str | None, dict]]:
     import httpx
 
-    long_q = "لاہور کہاں ہے؟ " * 40  # under the 2,000-character bound, over the window
     cases = [
         (b"not json", 400, "body"),
+        (b"[" * 60_000, 400, "body"),  # deeper than any parser goes
+        (b'{"question": "x", "context": "y", "id": ' + b"9" * 5000 + b"}", 400, "body"),
+        (b'\xff\xfe{"question": 1}', 400, "body"),  # not UTF-8
         (json.dumps({"context": "x"}).encode(), 422, "body.question"),
         (json.dumps({"question": ["x"], "context": "y"}).encode(), 422, "body.question"),
         (json.dumps({"question": "", "context": "y"}).encode(), 422, "body.question"),
         (json.dumps({"question": "x", "context": ""}).encode(), 422, "body.context"),
-        (json.dumps({"question": long_q, "context": "لاہور ایک شہر ہے۔"}).encode(), 422, "body.question"),
+        (json.dumps({"question": "x", "context": "y", "id": 2**70}).encode(), 422, "body.id"),
         (json.dumps({"question": "x", "context": "y" * (2 << 20)}).encode(), 413, "body"),
     ]
     out = []
@@ -155,41 +165,152 @@ def _bad_requests(url: str) -> list[tuple[int, str | None, dict]]:
             r = c.post(f"{url}/v1/answer", content=body, headers={"content-type": "application/json"})
             assert r.headers["content-type"].startswith("application/json")
             out.append((r.status_code, r.json().get("field"), {"want": (status, field), "body": r.json()}))
+        text = c.post(f"{url}/v1/answer", content=b"{}", headers={"content-type": "text/plain"})
+        out.append((text.status_code, text.json().get("field"), {"want": (415, "Content-Type"), "body": text.json()}))
+        foreign = c.post(f"{url}/v1/answer", json={"question": "x", "context": "y"}, headers={"Host": "evil.example"})
+        out.append((foreign.status_code, foreign.json().get("field"), {"want": (400, "Host"), "body": foreign.json()}))
     return out
 
 
 def test_bad_requests_get_their_4xx_and_the_server_stays_healthy(project, server):
     import httpx
 
-    results = _bad_requests(server.url)
-    for status, field, info in results:
+    for status, field, info in _bad_requests(server.url):
         assert (status, field) == info["want"], info
         assert "Traceback" not in json.dumps(info["body"])
-    assert "shorten the question" in results[5][2]["body"]["error"]  # predict's own message
+    assert "Traceback" not in server.output() and "status=500" not in server.output()
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     ok = httpx.post(f"{server.url}/v1/answer", json={"question": "کیا ہے؟", "context": "یہ ایک شہر ہے۔"})
     assert ok.status_code == 200 and ok.json()["model_version"] == "v0.0.1"
+    # a question too long for the model's window is cut to fit, and the answer says so
+    long_q = "لاہور کہاں ہے؟ " * 40
+    cut = httpx.post(f"{server.url}/v1/answer", json={"question": long_q, "context": "لاہور ایک شہر ہے۔"})
+    assert cut.status_code == 200 and cut.json()["question_truncated"] is True
 
 
-@pytest.mark.parametrize("server", [("--max-batch-size", "1", "--max-wait-ms", "0", "--max-queue", "2")],
+BIG = "یہ ایک شہر ہے۔ اس کا افتتاح 1927 میں ہوا۔ " * 1500  # 60,000 characters: thousands of windows
+
+
+@pytest.mark.parametrize("server", [("--max-wait-ms", "0", "--max-request-windows", "200", "--max-queue", "300")],
                          indirect=True)
-def test_more_waiting_requests_than_the_bound_get_503_with_retry_after(project, server):
+def test_more_waiting_windows_than_the_bound_get_503_with_retry_after(project, server):
     import httpx
 
-    context = "یہ ایک شہر ہے۔ " * 300  # many windows: each request keeps the model busy a while
+    context = "یہ ایک شہر ہے۔ " * 300  # ~90 windows: three fill the queue
 
     def ask(_):
         r = httpx.post(f"{server.url}/v1/answer", json={"question": "کیا ہے؟", "context": context}, timeout=120)
         return r.status_code, r.headers.get("retry-after"), r.json()
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(ask, range(32)))
+        results = list(pool.map(ask, range(48)))
     statuses = {s for s, _, _ in results}
     assert statuses <= {200, 503} and 503 in statuses and 200 in statuses, statuses
     assert all(ra and int(ra) >= 1 for s, ra, _ in results if s == 503)
+    refused = next(body for s, _, body in results if s == 503)
+    assert "windows are waiting" in refused["error"]
+    too_big = httpx.post(f"{server.url}/v1/answer", json={"question": "کیا ہے؟", "context": BIG}, timeout=120)
+    assert too_big.status_code == 422 and "the cap is 200 per request" in too_big.json()["error"]
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     r = httpx.post(f"{server.url}/v1/answer", json={"question": "کیا ہے؟", "context": "یہ ایک شہر ہے۔"}, timeout=60)
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("server", [("--max-queue", "65536")], indirect=True)
+def test_a_small_question_is_not_starved_behind_big_ones_and_an_abandoned_one_is_dropped(project, server):
+    """Four requests of four 60,000-character contexts each, then a small question: it is answered while
+    the big ones are still being computed (each pass gives every request a share), not after all of them.
+    A client that gives up on its big request leaves no work behind: its windows are never computed."""
+    import httpx
+
+    done: dict[str, float] = {}
+
+    def ask(name: str, body):
+        r = httpx.post(f"{server.url}/v1/answer", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        done[name] = time.monotonic()
+
+    big = [{"question": "افتتاح کب ہوا؟", "context": BIG}] * 4
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        bigs = [pool.submit(ask, f"big{i}", big) for i in range(4)]
+        deadline = time.time() + 60
+        while httpx.get(f"{server.url}/v1/model").json()["scheduling"]["waiting_windows"] < 10_000:
+            assert time.time() < deadline and not any(f.done() for f in bigs)
+            time.sleep(0.05)
+        small = pool.submit(ask, "small", {"question": "افتتاح کب ہوا؟", "context": "اس کا افتتاح 1927 میں ہوا۔"})
+        for f in [small, *bigs]:
+            f.result()
+    assert done["small"] < min(done[f"big{i}"] for i in range(4)), done  # not after the work queued before it
+
+    with pytest.raises(httpx.TimeoutException):  # a client that gives up on ~7,000 windows after 0.3 s
+        httpx.post(f"{server.url}/v1/answer", json=[{"question": "کیا ہے؟", "context": BIG}] * 5, timeout=0.3)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        info = httpx.get(f"{server.url}/v1/model").json()["scheduling"]
+        if info["dropped"] >= 1 and info["waiting_windows"] == 0:
+            break
+        time.sleep(0.5)
+    assert info["dropped"] >= 1 and info["waiting_windows"] == 0, info
+    assert "status=499" in server.output()  # the access log says the client went away
+
+
+KEY = "e2e-api-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed_server(project, tmp_path):
+    (tmp_path / "key").write_text(KEY + "\n")
+    s = Server(project, "--api-key-file", str(tmp_path / "key"))
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@needs_shared
+def test_hugging_face_clients_get_the_same_answers_with_the_key(project, keyed_server, monkeypatch):
+    """huggingface_hub's InferenceClient, at / and at /v1/answer: the answers of our own body on held-out
+    UQA questions; top_k=3 gives three spans, best first; without the key, 401."""
+    import httpx
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' offline switch; this server is loopback
+
+    url = keyed_server.url
+    rows = pd.read_parquet(UQA_DIR / "validation.parquet").drop_duplicates("id").head(12)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for path in ("/", "/v1/answer"):
+        client = InferenceClient(model=f"{url}{path}", token=KEY)
+        for row in rows.itertuples():
+            ours = httpx.post(f"{url}/v1/answer", json={"question": row.question, "context": row.context},
+                              headers=auth, timeout=60).json()
+            got = client.question_answering(question=row.question, context=row.context)
+            if ours["no_answer"]:
+                assert (got.answer, got.start, got.end) == ("", 0, 0)
+            else:
+                assert (got.answer, got.start, got.end) == (ours["answer"], ours["start"], ours["end"])
+        ranked = client.question_answering(question=rows.iloc[0].question, context=rows.iloc[0].context, top_k=3,
+                                           handle_impossible_answer=False)
+        assert len(ranked) == 3 and len({(a.start, a.end) for a in ranked}) == 3
+        assert all(a.answer == rows.iloc[0].context[a.start:a.end] for a in ranked)
+        with pytest.raises(HfHubHTTPError) as refused:
+            InferenceClient(model=f"{url}{path}").question_answering(question="x", context="y")
+        assert refused.value.response.status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200  # open to a load balancer
+    assert httpx.get(f"{url}/metrics").status_code == 401 and httpx.get(f"{url}/v1/model").status_code == 401
+
+
+def test_schemathesis_finds_no_failure_in_the_openapi_contract(project, keyed_server):
+    """schemathesis (an OpenAPI fuzzer) with every check, over the served /openapi.json, with the key:
+    no 500, every schema-valid request accepted, every invalid one refused, responses as documented."""
+    r = subprocess.run(["schemathesis", "run", f"{keyed_server.url}/openapi.json", "--checks", "all",
+                        "-H", f"Authorization: Bearer {KEY}", "--max-examples", "50", "--seed", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
+    assert r.returncode == 0 and "No issues found" in r.stdout, r.stdout[-6000:]
+    assert "status=500" not in keyed_server.output() and "Traceback" not in keyed_server.output()
 
 
 @pytest.mark.parametrize("server", [("--poll-seconds", "0.5")], indirect=True)

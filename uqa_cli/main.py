@@ -298,11 +298,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.cron is not None:
         raise UserError(f"`uqa serve` now answers questions over HTTP; the scheduler is `uqa schedule --cron "
                         f"{args.cron!r}` (same options as before)")
-    from uqa.serving.cli import serve
+    from uqa.serving.cli import checked_settings, serve
 
+    settings = checked_settings(args)  # every option and the API key, before anything loads
     if args.repo:  # another machine's registry: GTO + the DVC remote (uqa/serving/remote.py)
-        return serve(args, None)
-    return serve(args, _resolve_in(args.model, Path(args.project))[0])
+        return serve(args, None, settings)
+    return serve(args, _resolve_in(args.model, Path(args.project))[0], settings)
 
 
 WAIT_HELP = ("when another run holds this workspace, wait up to MINUTES for it (default 0: "

@@ -1,34 +1,45 @@
-"""The HTTP API: POST /v1/answer, GET /healthz, /readyz, /v1/model; OpenAPI at /docs.
+"""The HTTP API: POST / and /v1/answer (ours and the Hugging Face QA protocol), GET /healthz, /readyz,
+/v1/model, /metrics; OpenAPI at /openapi.json, docs at /docs.
 
-Everything that arrives is a stranger's: the body is read with a byte limit (413), parsed and
-validated here (400/422 naming the field), queued with a bound (503 + Retry-After), and any
-unexpected failure is answered with a JSON 500 that carries no traceback (it goes to the log)."""
+Everything that arrives is a stranger's: the guard (uqa/serving/guard.py) checks Host, API key and
+Content-Type first; the body is read with a byte limit (413), parsed and validated here (400/422
+naming the field), tokenized and counted in windows (422 over the per-request cap, 503 with
+Retry-After when the queue is full), answered in turn with other requests (uqa/serving/scheduler.py)
+within a deadline (504), and dropped when its client goes away. Any unexpected failure is a JSON 500
+that carries no traceback (it goes to the log)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from uqa.serving.answering import BatchAnswerer
-from uqa.serving.batcher import BatchSettings, DynamicBatcher, Overloaded
+from uqa.serving.answering import answer
+from uqa.serving.guard import Guard, Security
+from uqa.serving.metrics import ServerMetrics
 from uqa.serving.models import ModelHolder, registration_of
-from uqa.serving.schema import AnswerOut, ErrorOut, RequestError, parse_body, request_schema
+from uqa.serving.scheduler import Overloaded, ScheduleSettings, TooMuchWork, WindowScheduler
+from uqa.serving.schema import ANSWER_RESPONSE, ErrorOut, RequestError, parse_body, request_schema
 
 log = logging.getLogger(__name__)
+
+ROUTES = frozenset({"/", "/v1/answer", "/healthz", "/readyz", "/v1/model", "/metrics", "/docs", "/openapi.json",
+                    "/docs/oauth2-redirect", "/redoc"})
+CLIENT_GONE = 499  # nginx's name for it: the client closed the connection before the answer
 
 
 @dataclass
 class ServeSettings:
-    batch: BatchSettings
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     max_body_bytes: int = 1 << 20  # 1 MiB: 64 questions with long contexts fit
+    security: Security = field(default_factory=Security)
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -66,23 +77,32 @@ def _registry_record(source, resolved) -> dict[str, Any]:
         return {}
 
 
+async def _client_gone(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+
+
 def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
-    batcher = DynamicBatcher(BatchAnswerer(holder), settings.batch)
+    scheduler = WindowScheduler(settings.schedule)
+    metrics = ServerMetrics(holder, scheduler)
+    scheduler.on_pass = metrics.forward_windows.observe
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
+        await scheduler.start()
         holder.start_watching()
         try:
             yield
         finally:
             holder.stop()
-            await batcher.stop()
+            await scheduler.stop()
 
-    app = FastAPI(title="uqa-pipeline QA server", version="1",
-                  description="Extractive question answering with the registered model (Urdu, UQA).",
+    app = FastAPI(title="uqa-pipeline QA server", version="2",
+                  description="Extractive question answering with the registered model (Urdu, UQA). POST / and "
+                              "/v1/answer take {question, context[, id]} (or a list), or the Hugging Face "
+                              "question-answering payload {inputs, parameters}.",
                   lifespan=lifespan)
-    app.state.batcher, app.state.holder = batcher, holder
+    app.state.scheduler, app.state.holder, app.state.metrics = scheduler, holder, metrics
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
@@ -92,11 +112,20 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
     async def _overloaded(request: Request, exc: Overloaded):
         return _error(503, str(exc), None, {"Retry-After": str(exc.retry_after)})
 
+    @app.exception_handler(TooMuchWork)
+    async def _too_much(request: Request, exc: TooMuchWork):
+        return _error(422, str(exc), "body")
+
+    @app.exception_handler(asyncio.TimeoutError)
+    async def _late(request: Request, exc: asyncio.TimeoutError):
+        return _error(504, f"no answer within the request deadline ({settings.schedule.timeout_s:g} s, "
+                           "--request-timeout): its remaining work was dropped; send fewer or shorter contexts")
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         first = (exc.errors() or [{}])[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or None
-        return _error(422, f"{field}: {first.get('msg', 'invalid')}", field)
+        where = ".".join(str(p) for p in first.get("loc", ())) or None
+        return _error(422, f"{where}: {first.get('msg', 'invalid')}", where)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -118,8 +147,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
             return _error(503, "no model is loaded yet", None, {"Retry-After": "5"})
         return {"ready": True, "model_version": served.version}
 
-    @app.get("/v1/model", summary="the model being served: version, stage, inference settings, lineage")
-    async def model_info():
+    @app.get("/v1/model", summary="the model being served: version, stage, inference settings, lineage",
+             responses={503: {"model": ErrorOut}})
+    async def model_info() -> dict[str, Any]:
         served = holder.current
         if served is None:
             return _error(503, "no model is loaded yet", None, {"Retry-After": "5"})
@@ -134,33 +164,110 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
                           "max_answer_length": p.max_answer_length, "no_answer_threshold": p.no_answer_threshold,
                           "sources": p.sources, "windows_per_forward": p.batch_size},
             "lineage": {**registration_of(r.path), **_registry_record(holder.source, r)},
-            "batching": {**asdict(settings.batch), "waiting": batcher.waiting, **asdict(batcher.stats)},
+            "scheduling": {**asdict(settings.schedule), "waiting_windows": scheduler.waiting_windows,
+                           "waiting_requests": scheduler.waiting_requests, **asdict(scheduler.stats)},
         }
 
-    @app.post("/v1/answer", summary="answer one question or a list of them",
-              response_model=AnswerOut | list[AnswerOut],
-              responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
-                         503: {"model": ErrorOut}},
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": request_schema()}}}})
-    async def answer(request: Request):
-        started = time.monotonic()
-        body = await read_limited(request, settings.max_body_bytes)
-        items, is_list = parse_body(body)
-        result = await batcher.submit((items, is_list), size=len(items))
-        log.debug("answered %d question(s) in %.1f ms", len(items), (time.monotonic() - started) * 1000)
-        return JSONResponse(result if is_list else result[0])
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}},
+                                          "application/openmetrics-text": {"schema": {"type": "string"}}}}})
+    async def prometheus(request: Request):
+        body, media_type = metrics.text(request.headers.get("accept", ""))
+        return Response(body, media_type=media_type)
 
-    def openapi() -> dict[str, Any]:  # the request body's Question schema among the components
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
+    answer_doc = {
+        "summary": "answer one question or a list (ours), or the Hugging Face question-answering payload",
+        "response_model": ANSWER_RESPONSE,
+        "responses": {413: {"model": ErrorOut, "description": "the body is over --max-body-bytes"},
+                      422: {"model": ErrorOut,
+                            "description": "a field is wrong (named in `field`), or the request needs more windows of "
+                                           "the model than --max-request-windows (the count and the cap are named), "
+                                           "or a parameter changes the version's windows (doc_stride, max_seq_len)"},
+                      503: {"model": ErrorOut, "description": "the queue is full (Retry-After) or no model is loaded"},
+                      504: {"model": ErrorOut, "description": "no answer within --request-timeout"}},
+        "openapi_extra": {"requestBody": {"required": True,
+                                          "content": {"application/json": {"schema": request_schema()}}}},
+    }
 
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            defs = request_schema().get("$defs", {})
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
-            app.openapi_schema = schema
+    async def answer_route(request: Request):
+        note = request.state.uqa
+        ask = parse_body(await read_limited(request, settings.max_body_bytes))
+
+        def on_job(job) -> None:
+            note.update(windows=job.windows, version=job.served.version)
+
+        work = asyncio.ensure_future(answer(holder, scheduler, ask, on_job=on_job))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client went away: drop its work
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            note["status"] = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)
+        result, job = work.result()  # its exceptions go to the handlers above
+        metrics.request_windows.observe(job.windows)
+        return JSONResponse(result)
+
+    app.add_api_route("/v1/answer", answer_route, methods=["POST"], **answer_doc)
+    app.add_api_route("/", answer_route, methods=["POST"], name="answer_root", **answer_doc)
+
+    documented: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:  # the served version's windows are part of the contract: redone on a swap
+        served = holder.current
+        key = (served.version, served.predictor.stride, served.predictor.max_seq_length) if served else None
+        if app.openapi_schema is None or documented.get("for") != key:
+            app.openapi_schema = _openapi(app, settings.security.api_key is not None, served)
+            documented["for"] = key
         return app.openapi_schema
 
     app.openapi = openapi
+    app.add_middleware(_GuardMiddleware, security=settings.security, metrics=metrics)
     return app
+
+
+class _GuardMiddleware:
+    """Guard in Starlette's middleware stack (outermost: it sees every request, refused or not)."""
+
+    def __init__(self, app, security: Security, metrics: ServerMetrics):
+        self.guard = Guard(app, security, metrics)
+
+    async def __call__(self, scope, receive, send):
+        await self.guard(scope, receive, send)
+
+
+def _openapi(app: FastAPI, with_key: bool, served=None) -> dict[str, Any]:
+    """FastAPI's document, plus the request body's schemas (doc_stride and max_seq_len: the served
+    version's values, the only ones accepted), the errors every route can answer (Host, key,
+    Content-Type, 500) and, with an API key, the bearer scheme on every route but the health checks."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {}).update(request_schema().get("$defs", {}))
+    if served is not None:
+        fields = components["schemas"]["QAParameters"]["properties"]
+        for name, own in (("doc_stride", served.predictor.stride), ("max_seq_len", served.predictor.max_seq_length)):
+            fields[name] = {"anyOf": [{"type": "integer", "const": own}, {"type": "null"}], "default": None,
+                            "title": fields[name].get("title", name),
+                            "description": f"this version's {name} ({own}); any other value is refused (422)"}
+    components["schemas"].setdefault("ErrorOut", ErrorOut.model_json_schema())
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+    if with_key:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("400", {"description": "a Host that is not this server's (loopback), or a body "
+                                                        "that is not JSON", **error})
+            responses.setdefault("500", {"description": "an internal error (no traceback; see the log)", **error})
+            if method == "post":
+                responses.setdefault("415", {"description": "Content-Type is not application/json", **error})
+            if with_key and path not in ("/healthz", "/readyz"):
+                operation["security"] = [{"bearer": []}]
+                responses.setdefault("401", {"description": "no API key, or a wrong one", **error})
+    return schema

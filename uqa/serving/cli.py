@@ -21,45 +21,72 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                    help="torch (default), or ONNX Runtime fp32 / int8 dynamic quantization (exported once per "
                         "version, cached beside it)")
-    p.add_argument("--max-batch-size", type=int, default=32, metavar="N",
-                   help="questions answered by one model call (1 = no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="how long a request waits for others to share its batch")
-    p.add_argument("--max-queue", type=int, default=256, metavar="N",
-                   help="questions allowed to wait; more are refused with 503 and Retry-After")
+                   help="how long an idle server waits for more requests to share its first forward pass")
+    p.add_argument("--max-request-windows", type=int, default=8192, metavar="N",
+                   help="a request needing more windows of the model than this is refused (422, naming both)")
+    p.add_argument("--max-queue", type=int, default=16384, metavar="WINDOWS",
+                   help="windows allowed to wait over all requests; a request past it is refused with 503 and "
+                        "Retry-After")
+    p.add_argument("--request-timeout", type=float, default=60.0, metavar="S",
+                   help="a request not answered this long after it arrived gets 504 and its work is dropped")
     p.add_argument("--forward-tokens", type=int, default=16384, metavar="N",
-                   help="tokens per forward pass: windows per pass = N // the model's max_seq_length (a batch "
-                        "with more windows takes several passes)")
+                   help="tokens per forward pass: windows per pass = N // the model's max_seq_length; the waiting "
+                        "requests share each pass")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="BYTES",
                    help="larger request bodies are refused with 413")
     p.add_argument("--poll-seconds", type=float, default=5.0, metavar="S",
                    help="how often to check whether the stage moved (0: never)")
     p.add_argument("--check-questions", default=None, metavar="FILE",
                    help="held-out questions (.jsonl/.json/.parquet/.csv) on which a non-torch backend's answers are "
-                        "compared with torch's at load (default: the shipped demo validation questions)")
+                        "compared with torch's at load (default: the version's own evaluation questions, which "
+                        "register records in it)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help=f"every route but /healthz and /readyz then needs Authorization: Bearer KEY (the file's "
+                        f"one line; or the environment variable {API_KEY_ENV})")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="bind beyond loopback without an API key (refused otherwise)")
     p.add_argument("--repo", default=None, metavar="GIT_URL",
-                   help="serve from another machine's registry: clone GIT_URL and fetch the version from its "
-                        "DVC remote (dvc artifacts get)")
+                   help="serve from another machine's registry: clone GIT_URL and fetch the version the gate "
+                        "approved from its DVC remote (uqa run --push publishes it)")
 
 
-def serve(args: argparse.Namespace, root: Path | None) -> int:
-    """`root`: the project whose registry --model names (None with --repo)."""
-    import uvicorn
-
-    from uqa.serving.app import ServeSettings, create_app
-    from uqa.serving.backends import load_served
-    from uqa.serving.batcher import BatchSettings
-    from uqa.serving.models import ModelHolder, ModelSource
+def checked_settings(args: argparse.Namespace):
+    """The server's settings from its options, every one checked (and the API key read) before anything
+    loads: a wrong option is one line and exit status 2, not a traceback after a model load."""
+    from uqa.serving.app import ROUTES, ServeSettings
+    from uqa.serving.guard import Security, is_loopback
+    from uqa.serving.scheduler import ScheduleSettings
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: not a port number")
     try:
-        batch = BatchSettings(args.max_batch_size, args.max_wait_ms, args.max_queue)
+        schedule = ScheduleSettings(args.max_request_windows, args.max_queue, args.max_wait_ms, args.request_timeout)
     except ValueError:
-        raise UserError("--max-batch-size and --max-queue must be >= 1, --max-wait-ms >= 0") from None
+        raise UserError("--max-request-windows must be >= 1, --max-queue >= --max-request-windows, --max-wait-ms >= 0 "
+                        "and --request-timeout > 0") from None
     if args.forward_tokens < 1 or args.max_body_bytes < 1024:
         raise UserError("--forward-tokens must be >= 1 and --max-body-bytes >= 1024")
+    api_key = read_api_key(args.api_key_file)
+    if api_key is None and not is_loopback(args.host) and not args.allow_unauthenticated:
+        raise UserError(f"--host {args.host} answers other machines, and there is no API key: add one with "
+                        f"--api-key-file FILE (python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE) or "
+                        f"{API_KEY_ENV}, or pass --allow-unauthenticated")
+    if args.check_questions and not Path(args.check_questions).exists():
+        raise UserError(f"--check-questions {args.check_questions}: no such file")
+    return ServeSettings(schedule, args.max_body_bytes, Security.for_binding(args.host, api_key, ROUTES))
+
+
+def serve(args: argparse.Namespace, root: Path | None, settings=None) -> int:
+    """`root`: the project whose registry --model names (None with --repo)."""
+    import uvicorn
+
+    from uqa.serving.app import create_app
+    from uqa.serving.backends import load_served
+    from uqa.serving.models import ModelHolder, ModelSource
+
+    settings = settings or checked_settings(args)
     if args.threads:
         import torch
 
@@ -74,8 +101,6 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
     else:
         source = ModelSource(args.model, root)
     check = Path(args.check_questions) if args.check_questions else None
-    if check is not None and not check.exists():
-        raise UserError(f"--check-questions {check}: no such file")
     holder = ModelHolder(source, lambda r: load_served(r, args.backend, args.forward_tokens, check_file=check,
                                                        threads=args.threads),
                          poll_seconds=args.poll_seconds)
@@ -88,19 +113,43 @@ def serve(args: argparse.Namespace, root: Path | None) -> int:
         print(f"backend: {note}", file=sys.stderr)
     if source.follows and args.poll_seconds > 0:
         print(f"following {source.name}:{source.stage}: checked every {args.poll_seconds:g} s", file=sys.stderr)
-    print(f"http://{args.host}:{args.port}/v1/answer  (API docs: http://{args.host}:{args.port}/docs)",
-          file=sys.stderr)
-    app = create_app(holder, ServeSettings(batch, args.max_body_bytes))
+    print(f"http://{args.host}:{args.port}/v1/answer  (API docs: http://{args.host}:{args.port}/docs)"
+          f"{'; API key required (Authorization: Bearer)' if settings.security.api_key else ''}", file=sys.stderr)
+    app = create_app(holder, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10)
     server = _Server(config)
     server.run()
     if not server.started and server.stopped_by is None:
         raise UserError(f"could not start the server on {args.host}:{args.port} (in use? see the log above)")
-    stats = app.state.batcher.stats
-    print(f"stopped ({server.stopped_by or 'done'}): answered {stats.items} question(s) in {stats.batches} "
-          f"forward batch(es)", file=sys.stderr)
+    stats = app.state.scheduler.stats
+    print(f"stopped ({server.stopped_by or 'done'}): answered {stats.requests} request(s) in {stats.passes} "
+          f"forward pass(es) of {stats.windows} windows", file=sys.stderr)
     return 0
+
+
+API_KEY_ENV = "UQA_SERVE_API_KEY"
+MIN_KEY_CHARS = 16
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The API key from --api-key-file (its one line) or $UQA_SERVE_API_KEY; None when neither is given."""
+    import os
+
+    if path:
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--api-key-file {path}: cannot be read ({exc})") from None
+        where = f"--api-key-file {path}"
+    elif os.environ.get(API_KEY_ENV):
+        key, where = os.environ[API_KEY_ENV].strip(), API_KEY_ENV
+    else:
+        return None
+    if len(key) < MIN_KEY_CHARS or any(c.isspace() or not c.isprintable() for c in key):
+        raise UserError(f"{where}: an API key is one line of at least {MIN_KEY_CHARS} printable characters without "
+                        "spaces (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return key
 
 
 class OncePerMinute(logging.Filter):

@@ -141,6 +141,7 @@ class ModelHolder:
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.refused: dict[str, Any] | None = None  # the version not served, why, and the source state it had
+        self.follow_errors = 0  # checks that failed or refused a version (uqa_follow_errors_total)
         self.swaps: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,6 +194,7 @@ class ModelHolder:
                 self.check_once()
                 self.last_error = self.refused["reason"] if self.refused else None
             except Exception as exc:  # keep serving the current version; say why the new one is not
+                self.follow_errors += 1
                 # one line, no credentials: a git or DVC message may carry the remote's URL
                 message = strip_url_credentials(str(exc) if isinstance(exc, UserError)
                                                 else f"{type(exc).__name__}: {first_line(exc)}")
