@@ -1,7 +1,10 @@
-"""`uqa serve` under load: requests/s and p50/p99 latency at concurrency 1, 8 and 32, for
-(a) naive: one request = one forward pass (--max-batch-size 1), (b) batched torch, (c) batched ONNX
-Runtime, (d) ONNX Runtime int8; with the demo model and an xlm-roberta-base-shaped model. For the
-base shape, also the model FLOP/s achieved as a fraction of this machine's measured matmul peak.
+"""`uqa serve` under load: requests/s and p50/p99 latency at concurrency 1, 8 and 32, for batched
+torch, ONNX Runtime and ONNX Runtime int8, with the demo model and an xlm-roberta-base-shaped model
+(for the base shape, also the model FLOP/s achieved as a fraction of this machine's measured matmul
+peak); with `--baseline REV`, the server of another revision beside them (a git worktree of REV, its
+own code), so that throughput before and after a change is measured on one machine in one run; with
+`--fairness`, a small question's latency alone and beside four clients sending 60,000-character
+contexts without pause (the goal: median beside <= 3 x alone + 0.5 s).
 
 Each setting is a real `uqa serve` process on 127.0.0.1 (a free port), stopped after its levels.
 The load generator is asyncio + httpx: `concurrency` clients, each sending its next request when the
@@ -9,7 +12,7 @@ previous one is answered, until `requests` are answered or `--max-seconds` pass 
 says so). Questions: real UQA validation questions (long contexts: many windows for the demo model).
 
     python benchmarks/serve_bench.py                      # everything (about 15 minutes on 2 cores)
-    python benchmarks/serve_bench.py --shapes demo --setups naive,torch --levels 1,32 --requests 64
+    python benchmarks/serve_bench.py --shapes demo --setups torch --levels 32 --baseline 00ff997 --fairness
     python benchmarks/serve_bench.py --demo-model demo-run/registry/uqa-qa/v0.0.1   # a trained demo model
 
 Also reports, per backend, the exact-answer agreement with torch on the held-out questions."""
@@ -34,8 +37,8 @@ from common import ROOT, machine, shared_dir
 from uqa.server import free_port
 
 SETUPS = {
-    "naive": ["--backend", "torch", "--max-batch-size", "1", "--max-wait-ms", "0"],
     "torch": ["--backend", "torch"],
+    "baseline": ["--backend", "torch"],  # the --baseline revision's server
     "onnx": ["--backend", "onnx"],
     "onnx-int8": ["--backend", "onnx-int8"],
 }
@@ -102,25 +105,16 @@ def base_shaped(out: Path, shared: Path, max_seq_length: int) -> Path:
 
 
 def window_lengths(model_dir: Path, rows: list[dict]) -> list[list[int] | None]:
-    """Per question, the lengths of the windows uqa.predict.Predictor makes for it (its stride rule
-    included); None for a question too long for the model's window (the server refuses it)."""
-    import numpy as np
-
-    from uqa.features import encode_pairs
+    """Per question, the lengths of the windows the server makes for it (uqa.predict.Predictor.prepare);
+    None for a question too long for the model's window (cut to fit by the server, refused by servers
+    before it and by `uqa predict`: left out, so that every setting answers the same questions)."""
     from uqa.predict import Predictor
 
     p = Predictor(model_dir)
-    with_types = "token_type_ids" in p.tokenizer.model_input_names
     out: list[list[int] | None] = []
     for r in rows:
-        enc = encode_pairs(p.tokenizer.backend_tokenizer, [r["question"].strip()], [r["context"]], with_types)
-        q_len, c_len = int(enc.questions.lengths[0]), int(enc.contexts.lengths[enc.context_of][0])
-        budget = p.max_seq_length - q_len - enc.template.n_special
-        if budget < 1:
-            out.append(None)
-            continue
-        stride = budget // 2 if (c_len > budget and budget <= p.stride) else p.stride
-        out.append(np.asarray(enc.windows(p.max_seq_length, stride).lengths).tolist())
+        prepared = p.prepare([r["question"]], [r["context"]], truncate_questions=True)
+        out.append(None if prepared.truncated[0] else prepared.windows.lengths.tolist())
     return out
 
 
@@ -149,18 +143,21 @@ def matmul_peak(threads: int, seconds: float = 3.0) -> float:
 
 
 class Server:
-    def __init__(self, model_dir: Path, setup: str, threads: int, log: Path, cache: Path, check: Path | None):
+    def __init__(self, model_dir: Path, setup: str, threads: int, log: Path, cache: Path, check: Path | None,
+                 code: Path = ROOT):
+        """`code`: the checkout whose `uqa serve` runs (the --baseline worktree, or this one)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
-        env = dict(os.environ, UQA_ONNX_CACHE=str(cache), OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, UQA_ONNX_CACHE=str(cache), OMP_NUM_THREADS=str(threads), PYTHONPATH=str(code))
+        queue = ["--max-queue", "65536", "--max-request-windows", "16384"] if code == ROOT else ["--max-queue", "4096"]
         cmd = [sys.executable, "-m", "uqa_cli", "serve", "--model", str(model_dir), "--port", str(self.port),
-               "--threads", str(threads), "--max-queue", "4096", *SETUPS[setup]]
+               "--threads", str(threads), *queue, *SETUPS[setup]]
         if check is not None:
             cmd += ["--check-questions", str(check)]
         self.started = time.time()
         self.ready_s = 0.0
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=code,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 900) -> float:
@@ -227,6 +224,65 @@ async def load(url: str, rows: list[dict], concurrency: int, n_requests: int, ma
             "answered_rows": answered}
 
 
+async def fairness(url: str, small: list[dict], big: dict, n_small: int, max_seconds: float) -> dict:
+    """A small question's latency alone (one client, one after another), then beside four clients that
+    send `big` without pause; each phase stops after n_small answers or max_seconds."""
+    import httpx
+
+    async def smalls(client) -> list[float]:
+        out, deadline = [], time.perf_counter() + max_seconds
+        for i in range(n_small):
+            if time.perf_counter() > deadline:
+                break
+            t = time.perf_counter()
+            r = await client.post(f"{url}/v1/answer", json=small[i % len(small)])
+            r.raise_for_status()
+            out.append(time.perf_counter() - t)
+        return sorted(out)
+
+    stop = asyncio.Event()
+    bigs_done: list[float] = []
+
+    async def big_client(client) -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            r = await client.post(f"{url}/v1/answer", json=big)
+            if r.status_code != 200:
+                raise SystemExit(f"a big request was refused: {r.status_code} {r.text[:300]}")
+            bigs_done.append(time.perf_counter() - t)
+
+    async with httpx.AsyncClient(timeout=max_seconds + 600) as client:
+        alone = await smalls(client)
+        loaders = [asyncio.ensure_future(big_client(client)) for _ in range(4)]
+        await asyncio.sleep(2.0)  # the big ones tokenized and under way
+        beside = await smalls(client)
+        stop.set()
+        for task in loaders:  # the big requests still running are abandoned: the server drops them
+            task.cancel()
+        await asyncio.gather(*loaders, return_exceptions=True)
+    median_alone, median_beside = statistics.median(alone), statistics.median(beside) if beside else float("nan")
+    return {"alone_n": len(alone), "alone_p50_s": round(median_alone, 3), "alone_p99_s": round(percentile(alone, .99), 3),
+            "beside_n": len(beside), "beside_p50_s": round(median_beside, 3),
+            "beside_p99_s": round(percentile(beside, .99), 3), "big_requests_answered": len(bigs_done),
+            "goal_s": round(3 * median_alone + 0.5, 3), "goal_met": median_beside <= 3 * median_alone + 0.5}
+
+
+def big_request(rows: list[dict], chars: int = 60_000) -> dict:
+    """The shortest question about a 60,000-character context (real UQA paragraphs, one after another):
+    a long question would leave the demo model's 55-token windows a few context tokens each."""
+    text, i = "", 0
+    while len(text) < chars:
+        text += rows[i % len(rows)]["context"] + "\n"
+        i += 1
+    return {"question": min((r["question"] for r in rows), key=len), "context": text[:chars]}
+
+
+def worktree(rev: str, dest: Path) -> Path:
+    """A checkout of `rev` beside this one (its own code: the baseline server imports from it)."""
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(dest), rev], cwd=ROOT, check=True)
+    return dest
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest rank."""
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)] if sorted_values else float("nan")
@@ -251,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=None)
     ap.add_argument("--shapes", default="demo,base")
-    ap.add_argument("--setups", default="naive,torch,onnx,onnx-int8")
+    ap.add_argument("--setups", default="torch,onnx,onnx-int8")
+    ap.add_argument("--baseline", default=None, metavar="GIT_REV",
+                    help="also serve with this revision's code (a git worktree): before/after, one machine, one run")
+    ap.add_argument("--fairness", action="store_true",
+                    help="a small question's latency alone and beside 4 clients sending 60,000-character contexts")
+    ap.add_argument("--fairness-questions", type=int, default=20, help="small questions per fairness phase")
+    ap.add_argument("--fairness-seconds", type=float, default=150, help="a fairness phase stops after this long")
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--requests", type=int, default=160, help="requests per level, demo shape")
     ap.add_argument("--base-requests", type=int, default=32, help="requests per level, base shape")
@@ -275,12 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     check = work / "check.jsonl"
     results = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-               "machine": machine(), "uptime_start": uptime(), "runs": []}
+               "machine": machine(), "uptime_start": uptime(), "runs": [], "baseline": args.baseline}
     peak = None
     print(f"# {uptime()}", flush=True)
     for shape in args.shapes.split(","):
         if shape == "demo":
-            model_dir = Path(args.demo_model) if args.demo_model else demo_shaped(work / "demo")
+            model_dir = Path(args.demo_model).resolve() if args.demo_model else demo_shaped(work / "demo")
             n_requests, cfg = args.requests, json.loads((model_dir / "config.json").read_text())
         else:
             model_dir = base_shaped(work / "base", shared, args.base_max_seq_length)
@@ -300,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             "questions": len(rows), "too_long_for_window": len(all_rows) - len(rows),
             "windows_per_question_mean": round(statistics.fmean(map(len, lengths)), 2),
             "max_seq_length": json.loads((model_dir / "uqa_inference.json").read_text()).get("max_seq_length")}
-        setups = args.setups.split(",")
+        setups = args.setups.split(",") + (["baseline"] if args.baseline else [])
+        if args.baseline and not (work / "baseline").exists():
+            worktree(args.baseline, work / "baseline")
         # agreement on the held-out questions: the demo shape (a trained model with --demo-model);
         # the base shape's untrained weights make it meaningless, and it would cost minutes
         measure = shape == "demo"
@@ -308,13 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for setup in setups:  # every setting's server up at once: the rounds below interleave them
                 servers[setup] = Server(model_dir, setup, args.threads, work / f"{shape}-{setup}.log",
-                                        work / "onnx-cache", check if measure else None)
+                                        work / "onnx-cache", check if measure else None,
+                                        code=work / "baseline" if setup == "baseline" else ROOT)
                 servers[setup].ready_s = servers[setup].wait_ready()  # one at a time: exports do not overlap
             info, agree, reference = {}, {}, None
             for setup in setups:
                 info[setup] = httpx.get(f"{servers[setup].url}/v1/model").json()
                 got = answers(servers[setup].url, rows) if measure else None
-                if got is not None and setup in ("naive", "torch") and reference is None:
+                if got is not None and setup == "torch" and reference is None:
                     reference = got
                 if reference and got:
                     agree[setup] = sum(a == b for a, b in zip(reference, got, strict=True))
@@ -332,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
                         pooled.setdefault((setup, c), []).append(res)
                         print(json.dumps({"shape": shape, "setup": setup, **{k: v for k, v in res.items()
                                                                              if k not in ("error_examples", "latencies")}}), flush=True)
+            if args.fairness and shape == "demo":
+                small = [r for r, ls in zip(rows, lengths, strict=True) if len(ls) <= 4] or rows[:5]
+                big = big_request(rows)
+                for setup in ("torch", "baseline"):
+                    if setup in servers:
+                        fair = asyncio.run(fairness(servers[setup].url, small, big, args.fairness_questions,
+                                                    args.fairness_seconds))
+                        results.setdefault("fairness", {})[setup] = {**fair, "load_after": load_average()}
+                        print(json.dumps({"fairness": setup, **fair}), flush=True)
             for (setup, c), parts in pooled.items():
                 lat = sorted(x for p in parts for x in p["latencies"])
                 wall = sum(p["wall_s"] for p in parts)
@@ -352,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 server.stop()
+    if args.baseline and (work / "baseline").exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(work / "baseline")], cwd=ROOT, check=False)
     results["uptime_end"] = uptime()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
