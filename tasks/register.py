@@ -218,10 +218,12 @@ def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS
     the evaluation set is not here (a registration never fails for lack of them)."""
     import datasets
 
-    if not Path(examples_dir).is_dir():
-        log.warning("register: %s is missing: the version records no evaluation questions", examples_dir)
+    try:
+        frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
+    except (OSError, ValueError) as exc:  # absent or not a dataset: the version records none
+        log.warning("register: %s cannot be read (%s): the version records no evaluation questions", examples_dir,
+                    str(exc).splitlines()[0][:200])
         return 0
-    frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
     frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
     rows = frame.sort_values("_key").head(n)
     with open(dest, "w", encoding="utf-8") as f:
