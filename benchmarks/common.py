@@ -60,8 +60,8 @@ def answerable_train_sample(shared: Path, n_examples: int, max_seq_length: int =
     the Urdu tokenizer: (tokenizer, windows without offsets, labels)."""
     import pandas as pd
 
-    from uqa.features import encode_labelled_windows
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.encoding import encode_labelled_windows
+    from uqa.text.tokenizer import load_tokenizer
 
     df = pd.read_parquet(shared / "data/uqa/train.parquet")
     df = df[~df["is_impossible"]].sample(n=n_examples, random_state=0).reset_index(drop=True)

@@ -61,8 +61,9 @@ def main() -> None:
     from tasks import filter as filter_stage
     from tasks import train_recipe as recipe
     from tasks.evaluate import evaluate
-    from uqa.demo import demo_workspace
-    from uqa.params import load_params, params_from_dict
+    from uqa.params.files import load_params
+    from uqa.params.validation import params_from_dict
+    from uqa.workspace.demo import demo_workspace
 
     work = Path(tempfile.mkdtemp(prefix="uqa-demo-recipes-"))
     rows, results = [], []

@@ -6,7 +6,7 @@ lengths of real UQA train windows (`uqa_window_lengths.json`, made from ../share
 `--write-lengths`; token ids are random, which costs the same), so the run needs neither ../shared
 nor `datasets` — the device image has torch and transformers only.
 
-Every setting is `uqa.trainer.build_trainer` — the Trainer `dvc repro` and the flow run —
+Every setting is `uqa.model.trainer.build_trainer` — the Trainer `dvc repro` and the flow run —
 with one thing changed, each in a fresh process (accelerate's state is per process):
   padding      seed (every window padded to 512, random batches, default_data_collator)
                | ours (per-batch padding to a multiple of 8, length-grouped batches)
@@ -115,9 +115,9 @@ def run_setting(setting: dict, steps: int, warmup: int, smoke: bool, peak_tflops
     import torch
     from transformers import TrainerCallback, default_data_collator, set_seed
 
-    from uqa.modeling import build_model
-    from uqa.params import params_from_dict
-    from uqa.trainer import build_trainer
+    from uqa.model.modeling import build_model
+    from uqa.model.trainer import build_trainer
+    from uqa.params.validation import params_from_dict
 
     config, vocab = (SMOKE_CONFIG, SMOKE_VOCAB) if smoke else (CONFIG, VOCAB)
     per_step = setting["microbatch"] * setting["accumulation"]  # features per optimizer step

@@ -23,11 +23,11 @@ from common import write_result  # noqa: E402
 
 from tasks.filter import check_row  # noqa: E402
 from tasks.tokenize import first_row_per_id  # noqa: E402
-from uqa.features import encode_labelled_windows  # noqa: E402
-from uqa.inference import WindowLogits, spans_for_windows  # noqa: E402
-from uqa.postprocess import pad_ragged  # noqa: E402
-from uqa.scoring import references_by_id, score_predictions  # noqa: E402
-from uqa.tokenizer import load_tokenizer  # noqa: E402
+from uqa.evaluation.scoring import references_by_id, score_predictions  # noqa: E402
+from uqa.model.inference import WindowLogits, spans_for_windows  # noqa: E402
+from uqa.model.postprocess import pad_ragged  # noqa: E402
+from uqa.text.encoding import encode_labelled_windows  # noqa: E402
+from uqa.text.tokenizer import load_tokenizer  # noqa: E402
 
 
 def oracle(rows: pd.DataFrame, tokenizer_path: str, max_seq_length: int = 512, stride: int = 128) -> dict:

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from common import median, shared_dir, table, timed, write_result
 
-from uqa.features import encode_windows
-from uqa.postprocess import best_spans, pad_ragged
-from uqa.tokenizer import load_tokenizer
+from uqa.model.postprocess import best_spans, pad_ragged
+from uqa.text.encoding import encode_windows
+from uqa.text.tokenizer import load_tokenizer
 
 
 def reference_loop(start, end, ctx, owner, cs, ce, contexts, n_best, max_len):

@@ -40,7 +40,7 @@ from typing import Any
 from common import ROOT, table, write_result
 from webhook_receiver import Receiver  # this folder: the loopback receiver the alert tests use too
 
-from uqa.server import free_port
+from uqa.ops.prefect_server import free_port
 
 DEMO = ROOT / "demo" / "data"
 POOL_ROWS, HOLDOUT_FROM = 2100, 2100
@@ -97,7 +97,7 @@ def write_week_data(ws: Path, week: dict, train_rows: list[str], val_rows: list[
 
 def set_params(ws: Path, overrides: dict) -> None:
     sys.path.insert(0, str(ROOT))
-    from uqa.params import apply_overrides
+    from uqa.params.files import apply_overrides
 
     apply_overrides(ws / "params.yaml", overrides)
 
@@ -221,8 +221,8 @@ def main() -> int:
         deployment = api(url, "/deployments/name/uqa-pipeline/weekly")
 
         sys.path.insert(0, str(ROOT))
-        from uqa.demo import demo_workspace
-        from uqa.registry import Registry
+        from uqa.registry.store import Registry
+        from uqa.workspace.demo import demo_workspace
 
         ws = demo_workspace(work / "workspace", [f"train.epochs={args.epochs}", "register.min_f1=20",
                                                   "register.keep_last=3"])

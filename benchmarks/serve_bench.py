@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common import ROOT, machine, shared_dir
 
-from uqa.server import free_port
+from uqa.ops.prefect_server import free_port
 
 SETUPS = {
     "torch": ["--backend", "torch"],
@@ -76,7 +76,7 @@ def demo_shaped(out: Path) -> Path:
     import pandas as pd
     import yaml
 
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
 
     demo = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
     rows = pd.read_json(ROOT / "demo" / "data" / "train.jsonl", lines=True, dtype=False)
@@ -93,7 +93,7 @@ def demo_shaped(out: Path) -> Path:
 
 def base_shaped(out: Path, shared: Path, max_seq_length: int) -> Path:
     """xlm-roberta-base's shape (12 x 768, FFN 3072) with the shared Urdu 32k tokenizer's vocabulary."""
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(shared / "models" / "urdu-xlmr-32k"))
     return _save(dict(BASE, vocab_size=len(tok)), tok, out,
@@ -105,10 +105,10 @@ def base_shaped(out: Path, shared: Path, max_seq_length: int) -> Path:
 
 
 def window_lengths(model_dir: Path, rows: list[dict]) -> list[list[int] | None]:
-    """Per question, the lengths of the windows the server makes for it (uqa.predict.Predictor.prepare);
+    """Per question, the lengths of the windows the server makes for it (uqa.model.predict.Predictor.prepare);
     None for a question too long for the model's window (cut to fit by the server, refused by servers
     before it and by `uqa predict`: left out, so that every setting answers the same questions)."""
-    from uqa.predict import Predictor
+    from uqa.model.predict import Predictor
 
     p = Predictor(model_dir)
     out: list[list[int] | None] = []

@@ -54,7 +54,7 @@ def run_variant(variant: str, out: Path, chunks: int, windows: int) -> dict:
 
     started = time.perf_counter()
     if variant == "ours":
-        from uqa.arrow_shards import write_dataset_files, write_shard
+        from uqa.data.arrow_shards import write_dataset_files, write_shard
 
         out.mkdir(parents=True)  # the stage writes into its atomic_dir's temporary directory
         results = [write_shard(chunk_table(k, windows), str(out / f"data-{k:05d}-of-{chunks:05d}.arrow"))

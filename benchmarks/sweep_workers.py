@@ -94,7 +94,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="1x2,2x1,2x2", help="WORKERSxTHREADS,...")
     args = ap.parse_args()
-    from uqa.runtime import apply_runtime_defaults
+    from uqa.ops.runtime import apply_runtime_defaults
 
     apply_runtime_defaults()  # no telemetry, as the uqa command (the flows set nothing on import)
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
@@ -110,7 +110,7 @@ def main() -> int:
             from prefect.context import refresh_global_settings_context
 
             refresh_global_settings_context()
-            from uqa.demo import prepare_workspace
+            from uqa.workspace.demo import prepare_workspace
 
             project = prepare_workspace(tmp / "demo-run")
             subprocess.run([sys.executable, "-m", "dvc", "repro", "tokenize"], cwd=project, env=env, check=True,

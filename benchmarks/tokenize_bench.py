@@ -116,7 +116,7 @@ def side_seed(shared: Path, work: Path) -> dict:
 
 
 def _params(shared: Path):
-    from uqa.params import params_from_dict
+    from uqa.params.validation import params_from_dict
 
     return params_from_dict({
         "data": {"source": str(shared / "data/uqa")},
@@ -128,7 +128,7 @@ def side_ours(shared: Path, work: Path) -> dict:
     from tasks.download import download
     from tasks.filter import filter_rows
     from tasks.tokenize import tokenize_splits
-    from uqa.dvc_ops import working_dir
+    from uqa.workspace.dvc_ops import working_dir
 
     p = _params(shared)
     with working_dir(work):
@@ -155,7 +155,7 @@ def side_bare(shared: Path, work: Path) -> dict:
 
     import pandas as pd
 
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.tokenizer import load_tokenizer
 
     frames = [pd.read_parquet(shared / f"data/uqa/{s}.parquet") for s in ("train", "validation")]
     frame = pd.concat(frames)
@@ -175,7 +175,7 @@ def rerun_check(shared: Path, work: Path) -> dict:
     """The no-op: data stages done and recorded in dvc.lock, nothing changed; time the skip decision."""
     from common import make_project
 
-    from uqa.dvc_ops import dvc_commit, dvc_status
+    from uqa.workspace.dvc_ops import dvc_commit, dvc_status
 
     project = make_project(work / "project", json.loads(json.dumps({
         "data": {"source": str(shared / "data/uqa")},

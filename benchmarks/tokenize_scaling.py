@@ -43,7 +43,7 @@ GIB = 2**30
 
 
 def _params(shared: Path, work: Path, num_proc: int = 1):
-    from uqa.params import params_from_dict
+    from uqa.params.validation import params_from_dict
 
     return params_from_dict({
         "data": {"source": {s: str(work / f"{s}.parquet") for s in ("train", "validation")}},

@@ -35,7 +35,7 @@ def prepare(shared: Path, work: Path, n_examples: int) -> dict:
     """Real UQA train features in the pipeline's layout (data/tokenized/...)."""
     import datasets
 
-    from uqa.tokenize_passes import features_table
+    from uqa.text.passes import features_table
 
     tok, windows, labels = answerable_train_sample(shared, n_examples)
     table_ = features_table(windows, labels)
@@ -50,9 +50,9 @@ def run_side(side: str, work: Path, steps: int) -> dict:
     import torch
     from transformers import TrainerCallback, default_data_collator
 
-    from uqa.dvc_ops import working_dir
-    from uqa.params import params_from_dict
-    from uqa.trainer import make_trainer
+    from uqa.model.trainer import make_trainer
+    from uqa.params.validation import params_from_dict
+    from uqa.workspace.dvc_ops import working_dir
 
     torch.manual_seed(0)
     params = params_from_dict({
@@ -131,9 +131,9 @@ def compute_bound(shared: Path, steps: int, examples: int, repeats: int) -> None
     import torch
     import torch.nn.functional as F
 
-    from uqa.dvc_ops import working_dir
-    from uqa.params import params_from_dict
-    from uqa.trainer import make_trainer
+    from uqa.model.trainer import make_trainer
+    from uqa.params.validation import params_from_dict
+    from uqa.workspace.dvc_ops import working_dir
 
     with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
         work = Path(tmp)

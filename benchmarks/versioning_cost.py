@@ -9,7 +9,7 @@ tokenizer, a tiny model config (only the tokenizer matters here):
   floor   the tokenizer alone on whole texts: each question and distinct context of the answerable
           rows (validation: an id's first row), once (AutoTokenizer's backend, no special tokens,
           8,192 texts a call), nothing copied out. No data path that gives the tokenizer each whole
-          text once can take less; the stage gives it distinct words instead (uqa/segments.py)
+          text once can take less; the stage gives it distinct words instead (uqa/text/segments.py)
   stages  the four stage commands dvc.yaml runs (`python -m tasks.source`, download, filter,
           tokenize), one after another, without DVC: the stages' own time, process start included
   repro   `dvc repro tokenize` (the same four commands, and DVC's checks, hashing and cache)
@@ -44,8 +44,8 @@ STAGES = ("source", "download", "filter", "tokenize")
 
 def project_params(shared: Path, demo: bool) -> dict:
     if demo:
-        from uqa.demo import DEMO_DIR
-        from uqa.params import read_raw
+        from uqa.params.files import read_raw
+        from uqa.workspace.demo import DEMO_DIR
 
         return json.loads(json.dumps(read_raw(DEMO_DIR / "params.yaml")))
     return {"data": {"source": {"train": str(shared / "data/uqa/train.parquet"),
@@ -58,8 +58,8 @@ def new_project(work: Path, shared: Path, demo: bool) -> Path:
 
     project = make_project(work / "project", project_params(shared, demo))
     if demo:  # the demo's data lives in the repository: point at it
-        from uqa.demo import DEMO_DIR
-        from uqa.params import apply_overrides
+        from uqa.params.files import apply_overrides
+        from uqa.workspace.demo import DEMO_DIR
 
         apply_overrides(project / "params.yaml", {"data": {"source": {
             "train": str(DEMO_DIR / "data/train.jsonl"), "validation": str(DEMO_DIR / "data/validation.jsonl")}}})
@@ -81,8 +81,8 @@ def side_floor(shared: Path, work: Path, demo: bool, profile: Path | None) -> di
     import pyarrow.parquet as pq
 
     from tasks.tokenize import first_row_per_id
-    from uqa.features import CHUNK, prepare_backend
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.encoding import CHUNK, prepare_backend
+    from uqa.text.tokenizer import load_tokenizer
 
     texts = []
     for split in ("train", "validation"):
@@ -133,8 +133,8 @@ def side_repro(shared: Path, work: Path, demo: bool, profile: Path | None) -> di
 def side_flow(shared: Path, work: Path, demo: bool, profile: Path | None) -> dict:
     import importlib
 
-    from uqa.dvc_ops import dvc_commit, dvc_status, locked_workspace, working_dir
-    from uqa.params import load_params
+    from uqa.params.files import load_params
+    from uqa.workspace.dvc_ops import dvc_commit, dvc_status, locked_workspace, working_dir
 
     project = new_project(work, shared, demo)
     out = {"status_s": 0.0, "stage_s": 0.0, "commit_s": 0.0}

@@ -32,7 +32,18 @@ from prefect.states import Completed, Failed
 
 from tasks.chain import BY_NAME, STAGES, stage_name
 from uqa import layout
-from uqa.dvc_ops import (
+from uqa.errors import TransientError, UserError, first_line
+from uqa.model.progress import TerminalProgress, describe_progress, progress_reporter
+from uqa.ops.git import GIT_REMOTE
+from uqa.ops.jsonfile import read_json
+from uqa.ops.redact import RedactUrlCredentials, strip_url_credentials
+from uqa.ops.runtime import apply_runtime_defaults
+from uqa.params.files import apply_overrides, load_params, read_raw
+from uqa.params.overrides import deep_merge, overrides_dict, overrides_model, refuse_unsafe_overrides
+from uqa.params.schema import PARAMS_FILE
+from uqa.params.validation import params_from_dict, plain
+from uqa.registry.publish import PublishConflict, publish, require_remotes, sync_from_remotes
+from uqa.workspace.dvc_ops import (
     dvc_checkout,
     dvc_commit,
     dvc_repo,
@@ -41,26 +52,7 @@ from uqa.dvc_ops import (
     locked_workspace,
     working_dir,
 )
-from uqa.errors import TransientError, UserError, first_line
-from uqa.experiment import experiment_name, experiment_workspace, push_experiment, save_experiment
-from uqa.git import GIT_REMOTE
-from uqa.jsonfile import read_json
-from uqa.params import (
-    PARAMS_FILE,
-    apply_overrides,
-    deep_merge,
-    load_params,
-    overrides_dict,
-    overrides_model,
-    params_from_dict,
-    plain,
-    read_raw,
-    refuse_unsafe_overrides,
-)
-from uqa.progress import TerminalProgress, describe_progress, progress_reporter
-from uqa.publish import PublishConflict, publish, require_remotes, sync_from_remotes
-from uqa.redact import RedactUrlCredentials, strip_url_credentials
-from uqa.runtime import apply_runtime_defaults
+from uqa.workspace.experiment import experiment_name, experiment_workspace, push_experiment, save_experiment
 
 ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
 
@@ -351,7 +343,7 @@ def _register_artifact_unannounced(root: Path, ran_now: bool = True) -> None:
 def notify_registration(r: dict[str, Any]) -> None:
     """The `uqa.model.registered` event (`uqa alerts` notifies on it); a failure to send is a warning,
     never a failed run: the version is registered either way."""
-    from uqa.alerts import emit_registered
+    from uqa.ops.alerts import emit_registered
 
     try:
         emit_registered(r)
@@ -390,12 +382,12 @@ def uqa_pipeline(project_dir: str = ".", overrides: ParamsOverrides | None = Non
 
     With `overrides` (e.g. {"train": {"epochs": 1}}; typed by the params schema, so the UI's run form
     shows every section with its fields and defaults and rejects bad values) the run is a DVC experiment
-    named after this flow run, in its own worktree sharing the DVC cache (uqa/experiment.py):
+    named after this flow run, in its own worktree sharing the DVC cache (uqa/workspace/experiment.py):
     params.yaml is never edited, and nothing is registered. A plain run holds the workspace (DVC's
     repo lock) from start to end: another run, `dvc repro` or `dvc exp run` there fails at once, or
     this run waits up to `wait_for_lock_minutes` for them, saying who holds it.
 
-    `push` makes the remotes the record (uqa/publish.py): the registry and DVC's run-cache come from the git
+    `push` makes the remotes the record (uqa/registry/publish.py): the registry and DVC's run-cache come from the git
     remote `origin` and the default DVC remote first, and the run's outputs, run-cache, registry branch and
     GTO tags go to them at the end (an experiment: `dvc exp push origin NAME`);
     `pin_source` (a sweep's trials) keeps data.source as the run's data/source.json recorded it."""
@@ -464,7 +456,7 @@ PUBLISH_ATTEMPTS = 5  # re-gates after another machine published first, before g
 
 @task(name="sync", cache_policy=NO_CACHE)
 def sync_task(root: str, name: str) -> dict[str, Any]:
-    """The registry branch, tags, registry directory and run-cache from the remotes (uqa/publish.py)."""
+    """The registry branch, tags, registry directory and run-cache from the remotes (uqa/registry/publish.py)."""
     try:
         report = sync_from_remotes(Path(root), name, GIT_REMOTE)
     except UserError as exc:  # a remote that cannot be read: one line, no traceback, nothing run
@@ -488,7 +480,7 @@ def publish_task(root: str, name: str) -> dict[str, Any]:
 
 def _publish_and_regate(root: Path, name: str, stages: dict[str, str], upstream: list[State]) -> Any:
     """Publish; when another machine published first, take its registry and register this run's model
-    again, gated against the prod that is current now, then publish again (uqa/publish.py)."""
+    again, gated against the prod that is current now, then publish again (uqa/registry/publish.py)."""
     logger = get_run_logger()
     r = str(root)
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
@@ -515,7 +507,7 @@ def _publish_and_regate(root: Path, name: str, stages: dict[str, str], upstream:
 def _retention(root: Path) -> None:
     """register.keep_last for experiments and the DVC cache. The run's work is done and recorded:
     a retention failure is reported in the run log, it does not fail the run."""
-    from uqa.retention import prune_experiments_and_cache
+    from uqa.registry.retention import prune_experiments_and_cache
 
     try:
         prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
@@ -579,7 +571,7 @@ def experiment_markdown(name: str, overrides: dict[str, Any], metrics: dict[str,
 if __name__ == "__main__":
     from prefect.context import refresh_global_settings_context
 
-    from uqa.runtime import apply_runtime_defaults
+    from uqa.ops.runtime import apply_runtime_defaults
 
     apply_runtime_defaults()  # quiet, no telemetry, patient first start (the uqa CLI does this before importing us)
     refresh_global_settings_context()

@@ -2,7 +2,7 @@
 
 uqa-sweep: the data stages run once, in the project (every trial restores them from the shared DVC
 cache); each trial is one child flow run of the pipeline with its overrides, i.e. one DVC experiment
-(flows/pipeline.py, uqa/experiment.py): in this process one after another, or, with
+(flows/pipeline.py, uqa/workspace/experiment.py): in this process one after another, or, with
 `trial_deployment`, as runs of that deployment that a work pool's workers pick up, at most as many
 at once as the pool / queue / concurrency limit allows. Each child run gets an idempotency key made
 of the sweep's flow run and the trial's number, so a retried sweep never starts a trial twice. A
@@ -35,9 +35,16 @@ from flows.pipeline import (
     uqa_pipeline,
 )
 from tasks.chain import DATA_STAGES
-from uqa.dvc_ops import dvc_push, locked_workspace
 from uqa.errors import UserError
-from uqa.experiment import (
+from uqa.ops.git import GIT_REMOTE
+from uqa.ops.redact import strip_url_credentials
+from uqa.ops.runtime import apply_runtime_defaults
+from uqa.params.files import load_params
+from uqa.params.overrides import deep_merge, overrides_to_nested, refuse_unsafe_overrides
+from uqa.params.schema import PARAMS_FILE
+from uqa.params.validation import params_from_dict
+from uqa.workspace.dvc_ops import dvc_push, locked_workspace
+from uqa.workspace.experiment import (
     experiment_name,
     experiment_results,
     publish_commit,
@@ -47,17 +54,6 @@ from uqa.experiment import (
     snapshot_commit,
     unpublish,
 )
-from uqa.git import GIT_REMOTE
-from uqa.params import (
-    PARAMS_FILE,
-    deep_merge,
-    load_params,
-    overrides_to_nested,
-    params_from_dict,
-    refuse_unsafe_overrides,
-)
-from uqa.redact import strip_url_credentials
-from uqa.runtime import apply_runtime_defaults
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 

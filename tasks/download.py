@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from uqa import layout
-from uqa.arrow_shards import save_table
-from uqa.atomic import atomic_dir, atomic_write_json
-from uqa.data_source import (
+from uqa.data.arrow_shards import save_table
+from uqa.data.rows import check_schema, conform
+from uqa.data.source import (
     FINGERPRINT,
     HubUnreachable,
     current_fingerprint,
@@ -27,9 +27,9 @@ from uqa.data_source import (
     source_files,
 )
 from uqa.errors import DataError, UserError, first_line
-from uqa.hub import hub_error
-from uqa.params import PARAMS_FILE, DataParams, Params
-from uqa.schema import check_schema, conform
+from uqa.ops.atomic import atomic_dir, atomic_write_json
+from uqa.ops.hub import hub_error
+from uqa.params.schema import PARAMS_FILE, DataParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("download", run, argv)
 

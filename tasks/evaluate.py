@@ -23,12 +23,12 @@ from typing import Any
 import pandas as pd
 
 from uqa import layout
-from uqa.atomic import atomic_file, atomic_write_json, atomic_write_text
 from uqa.errors import UserError
-from uqa.inference_settings import INFERENCE_FILE, inference_record
-from uqa.jsonfile import read_json
-from uqa.params import PARAMS_FILE, Params
-from uqa.scoring import references_by_id, score_predictions
+from uqa.evaluation.scoring import references_by_id, score_predictions
+from uqa.model.settings import INFERENCE_FILE, inference_record
+from uqa.ops.atomic import atomic_file, atomic_write_json, atomic_write_text
+from uqa.ops.jsonfile import read_json
+from uqa.params.schema import PARAMS_FILE, Params
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def predict_spans(params: Params, model_dir: Path, features_dir: Path, examples:
     import datasets
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from uqa.features import windows_from_table
-    from uqa.inference import pick_device, spans_for_windows, window_logits
-    from uqa.postprocess import no_answer_margin
+    from uqa.model.inference import pick_device, spans_for_windows, window_logits
+    from uqa.model.postprocess import no_answer_margin
+    from uqa.text.windows import windows_from_table
 
     device = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -89,7 +89,7 @@ def check_every_question_scored(frame: pd.DataFrame, references: dict[str, list[
 
 def write_outputs(frame: pd.DataFrame, metrics: dict[str, Any]) -> None:
     """reports/predictions.parquet, reports/errors.md (on the reported questions), metrics/eval.json."""
-    from uqa.analysis import errors_markdown
+    from uqa.evaluation.analysis import errors_markdown
 
     with atomic_file(PREDICTIONS) as tmp:
         frame.drop(columns=["span_text"]).to_parquet(tmp, index=False)
@@ -102,8 +102,8 @@ def evaluate(params: Params, model_dir: Path = MODEL_DIR, features_dir: Path = F
     import datasets
     import torch
 
-    from uqa.analysis import add_buckets
-    from uqa.gate import eval_set_fingerprint
+    from uqa.evaluation.analysis import add_buckets
+    from uqa.registry.gate import eval_set_fingerprint
 
     if not Path(model_dir).exists():
         raise UserError(f"{model_dir} is missing: run the train stage first (dvc repro train)")
@@ -143,7 +143,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("evaluate", run, argv)
 

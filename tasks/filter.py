@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from uqa import layout
-from uqa.arrow_shards import save_table
-from uqa.atomic import atomic_dir, atomic_write_json
-from uqa.params import PARAMS_FILE, DataParams, Params
+from uqa.data.arrow_shards import save_table
+from uqa.ops.atomic import atomic_dir, atomic_write_json
+from uqa.params.schema import PARAMS_FILE, DataParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("filter", run, argv)
 

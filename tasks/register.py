@@ -1,7 +1,7 @@
 """Stage `register`: version the trained model in the registry, promote it to prod if it earns it.
 
 inputs:  models/final, metrics/eval.json, reports/download.json, reports/train.json; params register
-outputs: registry/ (persist: every registered version, see uqa/registry.py), reports/register.json
+outputs: registry/ (persist: every registered version, see uqa/registry/store.py), reports/register.json
 
 Promotion gate: F1 >= register.min_f1 and >= the F1 of the model now in prod. A model that fails the
 gate is still registered (its version, card and metrics are kept), but prod stays where it was.
@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from tasks.rescore import prod_rescorer
-from uqa import layout, lineage, retention
-from uqa.atomic import atomic_dir, atomic_write_json
+from uqa import layout
 from uqa.errors import DataError, UserError
-from uqa.gate import decide, regate_pending, require_metrics_of, verify_pending_version
-from uqa.hub_push import hub_done, push_and_record
-from uqa.inference_settings import EVAL_QUESTIONS_FILE, INFERENCE_FILE, registry_settings, weights_sha256
-from uqa.jsonfile import read_json
-from uqa.model_card import model_card
-from uqa.params import PARAMS_FILE, Params
-from uqa.registry import PROD, Registry, RegistryInconsistent, next_version
+from uqa.model.settings import EVAL_QUESTIONS_FILE, INFERENCE_FILE, registry_settings, weights_sha256
+from uqa.ops.atomic import atomic_dir, atomic_write_json
+from uqa.ops.jsonfile import read_json
+from uqa.params.schema import PARAMS_FILE, Params
+from uqa.registry import lineage, retention
+from uqa.registry.gate import decide, regate_pending, require_metrics_of, verify_pending_version
+from uqa.registry.hub_push import hub_done, push_and_record
+from uqa.registry.model_card import model_card
+from uqa.registry.store import PROD, Registry, RegistryInconsistent, next_version
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
                   "f1_change": record["lineage"]["promotion"]["f1_change"]}
         log.info("register: %s %s %s (%s)", cfg.name, version, "promoted to prod" if promote else "not promoted",
                  reason)
-    # retention: the registered run's checkpoints, and versions beyond register.keep_last (uqa/retention.py)
+    # retention: the registered run's checkpoints, and versions beyond register.keep_last (uqa/registry/retention.py)
     report["checkpoint_bytes_removed"] = retention.remove_checkpoints(run_dir)
     report["pruned"] = retention.prune_versions(registry, cfg.keep_last)
     atomic_write_json(root / REPORT, report)
@@ -172,7 +173,7 @@ def _already_registered(registry: Registry, index: dict[str, Any], latest: dict[
 
 def promotion_decision(f1: float, min_f1: float, prod: str | None, prod_record: dict[str, Any] | None,
                        metrics: dict[str, Any] | None = None, rescore=None) -> tuple[bool, str]:
-    """The gate (uqa/gate.py): at least register.min_f1, and no worse than prod measured like with like."""
+    """The gate (uqa/registry/gate.py): at least register.min_f1, and no worse than prod measured like with like."""
     return decide(f1, min_f1, prod, prod_record, metrics, rescore)
 
 
@@ -260,7 +261,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("register", run, argv)
 

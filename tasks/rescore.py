@@ -1,6 +1,6 @@
 """Score a registered model (prod) on this run's evaluation, the way evaluate scored the challenger.
 
-The promotion gate (uqa/gate.py) compares like with like: when prod's recorded F1 was measured on
+The promotion gate (uqa/registry/gate.py) compares like with like: when prod's recorded F1 was measured on
 another validation set, mode or tune_fraction, prod is scored again here on the challenger's
 validation questions (data/filtered/validation: the very set its metrics/eval.json fingerprints as
 `eval_set`, checked here; any other set stops the gate), with the challenger's evaluate settings (n_best,
@@ -17,8 +17,8 @@ import pandas as pd
 
 from tasks.evaluate import EXAMPLES, references_by_id, score_predictions
 from uqa.errors import DataError
-from uqa.params import Params
-from uqa.registry import Registry
+from uqa.params.schema import Params
+from uqa.registry.store import Registry
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def validation_examples(*dirs: Path, eval_set: dict | None = None) -> tuple[Path
     metrics/eval.json). Prod is never scored on another set: a comparison that is not like with like stops."""
     import datasets
 
-    from uqa.gate import eval_set_fingerprint
+    from uqa.registry.gate import eval_set_fingerprint
 
     wanted = (eval_set or {}).get("sha256")
     seen = []
@@ -55,7 +55,7 @@ def model_f1_on(model_dir: Path, examples_dir: Path, params: Params, squad2: boo
     """F1 (official SQuAD v2, 0-100) of the model in `model_dir` on the questions of `examples_dir`."""
     import datasets
 
-    from uqa.predict import Predictor
+    from uqa.model.predict import Predictor
 
     if examples is None:
         examples = datasets.load_from_disk(str(examples_dir)).to_pandas()

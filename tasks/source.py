@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
-from uqa.atomic import atomic_write_json
-from uqa.data_source import (
+from uqa.data.source import (
     FINGERPRINT,
     HubUnreachable,
     describes,
@@ -32,7 +31,8 @@ from uqa.data_source import (
     read_fingerprint,
     resolve_hub_sha,
 )
-from uqa.params import PARAMS_FILE, DataParams, Params
+from uqa.ops.atomic import atomic_write_json
+from uqa.params.schema import PARAMS_FILE, DataParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("source", run, argv)
 

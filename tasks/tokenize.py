@@ -15,7 +15,7 @@ split (`data-0000k-of-0000n.arrow`, a multi-file `save_to_disk` directory that
 `datasets.load_from_disk` reads as one dataset). Two passes over the chunks:
 
   1. tokenize: every question and distinct context of the chunk once (as their distinct words,
-     where the tokenizer cuts there anyway: uqa/segments.py), without special tokens (one
+     where the tokenizer cuts there anyway: uqa/text/segments.py), without special tokens (one
      tokenizer pipeline through all the chunks: the next chunk is read and cut into words in a
      helper thread while the tokenizer works, the first ones while the tokenizer loads);
      the tokens go to a spill file inside the split's temporary output directory, and only the
@@ -45,13 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from uqa import layout, tokenize_passes
-from uqa.arrow_shards import ArrowSource, column_values, read_rows, write_dataset_files
-from uqa.atomic import atomic_dir, atomic_write_json
+from uqa import layout
+from uqa.data.arrow_shards import ArrowSource, column_values, read_rows, write_dataset_files
 from uqa.errors import UserError
-from uqa.features import PairTemplate, prepare_backend
-from uqa.params import PARAMS_FILE, Params
-from uqa.tokenize_passes import COUNTS, SPILL, Runner, Tokenizing, Windowing, make_chunks, split_report
+from uqa.ops.atomic import atomic_dir, atomic_write_json
+from uqa.params.schema import PARAMS_FILE, Params
+from uqa.text import passes as tokenize_passes
+from uqa.text.encoding import prepare_backend
+from uqa.text.passes import COUNTS, SPILL, Runner, Tokenizing, Windowing, make_chunks, split_report
+from uqa.text.windows import PairTemplate
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ CHUNK_ROWS = 32_768
 
 
 def get_tokenizer(params: Params, train_texts=None):
-    from uqa.tokenizer import load_tokenizer, train_tokenizer
+    from uqa.text.tokenizer import load_tokenizer, train_tokenizer
 
     source = params.model.tokenizer_source
     if source is not None:
@@ -121,7 +123,7 @@ def _two_passes(params: Params, tokenizer, chunks: dict[str, list], num_proc: in
     """Pass 1 over every chunk of both splits (tokens spilled; the window size follows from the
     longest pair), then pass 2 (windows, labels, shards): (the report so far, each split's chunk
     results). `ahead`: pass 1's pairs, already being read (num_proc 1)."""
-    from uqa.modeling import sequence_limit
+    from uqa.model.modeling import sequence_limit
 
     backend = prepare_backend(tokenizer.backend_tokenizer)
     tok = Tokenizing(backend, PairTemplate.of(backend), "token_type_ids" in tokenizer.model_input_names)
@@ -214,7 +216,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("tokenize", run, argv)
 

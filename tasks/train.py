@@ -25,13 +25,13 @@ from typing import Any
 
 from tasks.train_recipe import PARAMS_ENV
 from uqa import layout
-from uqa.checkpoints import CHECKPOINT_DIR, complete_checkpoints
 from uqa.errors import UserError
-from uqa.jsonfile import read_json
-from uqa.params import PARAMS_FILE, LauncherParams, Params
-from uqa.procs import SUPERVISOR_ENV, die_with_parent, stop_tree, supervisor_token
-from uqa.progress import TerminalProgress, is_progress, parse_progress, progress_reporter
-from uqa.runtime import training_process_env
+from uqa.model.checkpoints import CHECKPOINT_DIR, complete_checkpoints
+from uqa.model.progress import TerminalProgress, is_progress, parse_progress, progress_reporter
+from uqa.ops.jsonfile import read_json
+from uqa.ops.procs import SUPERVISOR_ENV, die_with_parent, stop_tree, supervisor_token
+from uqa.ops.runtime import training_process_env
+from uqa.params.schema import PARAMS_FILE, LauncherParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def run(params: Params, params_file: str = PARAMS_FILE) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uqa.stage_cli import stage_main
+    from uqa.workspace.stage_cli import stage_main
 
     return stage_main("train", run, argv)
 

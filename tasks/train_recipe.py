@@ -15,7 +15,7 @@ from __future__ import annotations
 if __name__ == "__main__":
     # a training rank: arm the parent-death signal and the supervisor watch before anything slow is
     # imported (a supervisor killed while this rank still imports torch must not leave it behind)
-    from uqa.procs import watch_supervisor
+    from uqa.ops.procs import watch_supervisor
 
     watch_supervisor()
 
@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
-from uqa.atomic import atomic_write_json, replace_dir
-from uqa.checkpoints import data_fingerprint, prepare_checkpoint_dir
-from uqa.params import PARAMS_FILE, Params, load_params
-from uqa.runtime import training_process_env
+from uqa.model.checkpoints import data_fingerprint, prepare_checkpoint_dir
+from uqa.ops.atomic import atomic_write_json, replace_dir
+from uqa.ops.runtime import training_process_env
+from uqa.params.files import load_params
+from uqa.params.schema import PARAMS_FILE, Params
 
 log = logging.getLogger("tasks.train")
 
@@ -61,8 +62,8 @@ def resume_point(params: Params, trainer) -> Path | None:
 def add_callbacks(trainer, resume: Path | None) -> None:
     """DVCLive curves (main process; saved with each checkpoint, continued from it on resume), failpoints
     (tests), progress lines for the supervisor."""
-    from uqa.progress import progress_callback
-    from uqa.trainer import failpoint_callback, live_snapshot_callback, restore_live_snapshot
+    from uqa.model.progress import progress_callback
+    from uqa.model.trainer import failpoint_callback, live_snapshot_callback, restore_live_snapshot
 
     if trainer.accelerator.state.is_main_process:
         from dvclive import Live
@@ -80,9 +81,7 @@ def add_callbacks(trainer, resume: Path | None) -> None:
 def save_final_model(params: Params, trainer, tokenizer) -> None:
     """models/final, whole or not at all: every rank calls save_model (it writes on the main process
     only) into one temporary directory, which replaces models/final with the tokenizer and settings."""
-    from uqa.inference_settings import (
-        write_model_settings,  # uqa_inference.json: the windowing predict must use
-    )
+    from uqa.model.settings import write_model_settings
 
     is_main = trainer.accelerator.state.is_main_process
     tmp = FINAL_DIR.with_name(f".{FINAL_DIR.name}.tmp")
@@ -126,7 +125,7 @@ def train_report(params: Params, trainer, result, info: dict[str, Any], resume: 
 
 
 def run(params: Params) -> dict[str, Any]:
-    from uqa.trainer import make_trainer
+    from uqa.model.trainer import make_trainer
 
     # building the Trainer's arguments sets up the process group (the launcher set RANK/WORLD_SIZE)
     trainer, info = make_trainer(params, CHECKPOINT_DIR)
@@ -152,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.train_recipe")
     parser.add_argument("--params", default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    from uqa.stage_cli import setup_logging
+    from uqa.workspace.stage_cli import setup_logging
 
     setup_logging()
     training_process_env(os.environ)
     from uqa.errors import UserError
-    from uqa.params import params_from_dict
+    from uqa.params.validation import params_from_dict
 
     try:
         raw = os.environ.get(PARAMS_ENV)

@@ -43,7 +43,7 @@ import dvc as _dvc_logging  # noqa: E402, F401
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from uqa.server import free_port  # noqa: E402, F401 - the tests import it from here
+from uqa.ops.prefect_server import free_port  # noqa: E402, F401 - the tests import it from here
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("UQA_SHARED", REPO.parent / "shared"))
@@ -129,13 +129,13 @@ def make_project(root: Path, params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, params), allow_unicode=True, sort_keys=False))
     (root / ".gitignore").write_text("/models/checkpoints/\n")  # DVC ignores its own outputs
     run_ok(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
-    from uqa.demo import copy_dvc_settings
+    from uqa.workspace.demo import copy_dvc_settings
 
     copy_dvc_settings(root)  # the project's .dvc/config and offline plots template
     run_ok(["git", "add", "-A"], root)
@@ -167,7 +167,7 @@ def hub_sample_params(**sections) -> dict:
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real `prefect server start` on 127.0.0.1:<free port> with a temporary PREFECT_HOME; stopped after."""
-    from uqa.server import start_prefect_server, wait_until_healthy
+    from uqa.ops.prefect_server import start_prefect_server, wait_until_healthy
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -248,7 +248,10 @@ def slow_reason(argv) -> str | None:
     names = [Path(a).name if "/" in a else a for a in argv]
     for fragment, why in SLOW_COMMANDS.items():
         n = len(fragment)
-        if any(tuple(names[i:i + n]) == fragment for i in range(len(names) - n + 1)):
+        # a script (`x.py`) counts as what runs only in the interpreter's script position, not as any
+        # argument (`git diff -- benchmarks/gpu_train.py` trains nothing)
+        places = range(min(2, len(names))) if fragment[0].endswith(".py") else range(len(names) - n + 1)
+        if any(tuple(names[i:i + n]) == fragment for i in places):
             return why
     if "repro" in names and "dvc" in names[: names.index("repro")]:
         targets = [a for a in names[names.index("repro") + 1:] if not a.startswith("-")]

@@ -18,8 +18,8 @@ from conftest import REPO, demo_tiny_params
 sys.path.insert(0, str(REPO / "benchmarks"))
 from webhook_receiver import Receiver  # noqa: E402  (the loopback receiver the season benchmark uses too)
 
-from uqa import alerts
 from uqa.errors import UserError
+from uqa.ops import alerts
 from uqa_cli.main import main
 
 # -- without a server ------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_failed_and_registered_runs_are_notified(prefect_server, receiver, proje
 
 @pytest.mark.slow
 def test_a_killed_run_is_crashed_and_notified(prefect_server, receiver, project_factory, capsys):
-    from uqa.dvc_ops import locked_workspace
+    from uqa.workspace.dvc_ops import locked_workspace
 
     dead_after = 45
     assert main(["alerts", "--webhook", receiver.url, "--dead-after", str(dead_after)]) == 0

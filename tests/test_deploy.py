@@ -131,7 +131,7 @@ def test_run_shows_stages_artifacts_and_library_logs(deployed_run, hub):
     assert hub.commits and "model.safetensors" in hub.commits[-1], hub.requests
     assert [auth for m, p, auth in hub.requests if m == "POST"] and all(
         auth == f"Bearer {SECRET}" for m, p, auth in hub.requests if m == "POST")
-    from uqa.registry import Registry
+    from uqa.registry.store import Registry
 
     pushed = Registry(project, "uqa-qa").record("v0.0.1")["hub"]
     assert pushed["pushed"] is True and pushed["url"].startswith(f"{hub.url}/me/uqa/commit/"), pushed
@@ -324,7 +324,7 @@ def test_every_deployment_deploys_and_the_gpu_jobs_render(prefect_server):
     assert docker.image == IMAGE
     assert docker.container_create_kwargs["device_requests"] == [
         {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
-    from uqa.runtime import TELEMETRY_OFF  # prefect.yaml spells the one list out: checked against it
+    from uqa.ops.runtime import TELEMETRY_OFF  # prefect.yaml spells the one list out: checked against it
 
     assert {k: docker.env.get(k) for k in TELEMETRY_OFF} == TELEMETRY_OFF
 

@@ -17,9 +17,9 @@ from conftest import UQA_DIR, UQA_HUB, needs_shared
 from tasks.download import download, load_source
 from tasks.filter import REASONS, check_row, filter_rows
 from tasks.source import check_source
-from uqa.data_source import current_fingerprint
+from uqa.data.source import current_fingerprint
 from uqa.errors import DataError, UserError
-from uqa.params import DataParams
+from uqa.params.schema import DataParams
 
 ROW = {"id": "q1", "title": "t", "context": "لاہور پاکستان کا ایک شہر ہے۔", "question": "لاہور کہاں ہے؟",
        "is_impossible": False, "answer": "پاکستان", "answer_start": 6}

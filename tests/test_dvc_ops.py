@@ -46,7 +46,7 @@ def test_experiments_remote_and_clone(tmp_path):
     _dvc("remote", "add", "-d", "local", str(remote), cwd=project)
     run_ok(["git", "add", "-A"], project)
     run_ok(["git", "commit", "-q", "-m", "results"], project)
-    from uqa.dvc_ops import dvc_push
+    from uqa.workspace.dvc_ops import dvc_push
 
     assert dvc_push(project) > 0  # what `uqa run --push` does at the end of a flow run
     assert "Everything is up to date" in _dvc("push", cwd=project)
@@ -59,7 +59,7 @@ def test_experiments_remote_and_clone(tmp_path):
     # everything pulled is current; only `source` (re-checks the data on every run) reports itself
     assert json.loads(_dvc("status", "--json", cwd=clone)) == {"source": ["always changed"]}
     # and the pulled, registered model answers
-    from uqa.registry import resolve_model
+    from uqa.registry.lookup import resolve_model
 
     version_dir = resolve_model(f"uqa-qa@{json.loads((clone / 'reports' / 'register.json').read_text())['version']}",
                                 clone)

@@ -1,5 +1,5 @@
 """dvc.yaml (the stage graph: deps, params, outs) and the code (uqa/layout.py: the paths; tasks/chain.py:
-the order; uqa/params.py: the params) name the same things, checked in both directions."""
+the order; uqa/params/schema.py: the params) name the same things, checked in both directions."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_stage_declarations_match(stage):
     declared = _paths(spec.get("deps")) + _paths(spec.get("outs")) + _paths(spec.get("metrics"))
     assert set(declared) <= _layout_paths(), set(declared) - _layout_paths()
     # every param key it depends on exists in the params schema
-    from uqa.params import Params
+    from uqa.params.schema import Params
 
     defaults = Params().to_dict()
     for key in spec.get("params") or []:

@@ -2,7 +2,7 @@
 training, two runs in one workspace, a full disk, a truncated checkpoint. After each fault: outputs
 are complete or absent (never partial), nothing is left running, and the next run succeeds.
 
-kill -9 at an exact place uses the failpoints in uqa/faults.py (`UQA_FAILPOINT`): the process kills
+kill -9 at an exact place uses the failpoints in uqa/ops/faults.py (`UQA_FAILPOINT`): the process kills
 itself in the real code path, deterministically, instead of a test racing a timer."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def assert_outputs_complete_or_absent(root: Path) -> None:
             assert len(datasets.load_from_disk(str(split_dir))) > 0, split_dir
     final = root / "models/final"
     if final.exists():
-        from uqa.checkpoints import intact_file
+        from uqa.model.checkpoints import intact_file
 
         assert (final / "config.json").exists() and intact_file(final / "model.safetensors")
     for report in [*root.glob("reports/*.json"), *root.glob("metrics/*.json"), *root.glob("registry/*/index.json")]:
@@ -153,7 +153,8 @@ def test_kill9_in_each_stage_then_rerun(tmp_path):
     assert steps == straight_steps and losses == pytest.approx(straight_losses, abs=1e-5)
 
     # the registry is consistent: one version, in prod, answering
-    from uqa.registry import Registry, resolve_model
+    from uqa.registry.lookup import resolve_model
+    from uqa.registry.store import Registry
 
     assert Registry(root, "uqa-qa").stage_version() == "v0.0.1"
     assert (resolve_model("prod", root) / "config.json").exists()
@@ -264,7 +265,7 @@ def test_dvc_repro_and_the_flow_share_one_lock(tmp_path):
     """A `dvc repro` in a workspace that a flow run holds fails at once, and the other way round."""
     from dvc.repo import Repo
 
-    from uqa.dvc_ops import WorkspaceBusy, locked_workspace
+    from uqa.workspace.dvc_ops import WorkspaceBusy, locked_workspace
 
     root = make_project(tmp_path / "project", demo_tiny_params())
     with locked_workspace(root, command="test holder"):
@@ -294,7 +295,7 @@ def _tokenized(root: Path, env: dict) -> tuple[dict, dict]:
     as `dvc repro` runs them; returns the params and data/tokenized's files, byte for byte."""
     import yaml
 
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), demo_tiny_params())
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
@@ -311,7 +312,7 @@ def _with_smaller_stride(root: Path, params: dict) -> None:
     """A smaller stride: more windows, a larger output than the one in place."""
     import yaml
 
-    from uqa.params import params_from_dict
+    from uqa.params.validation import params_from_dict
 
     params["tokenize"]["stride"] = params_from_dict(params).tokenize.stride // 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
@@ -325,7 +326,7 @@ def _assert_full_disk_is_clear(r: subprocess.CompletedProcess) -> None:
 
 def test_full_disk_injected_at_the_write_is_clear_and_keeps_the_previous_cache(tmp_path):
     """Any machine: ENOSPC raised at the last write of data/tokenized/train (failpoint
-    `write.data@train=enospc`, uqa/faults.py), in the real stage process, after its shards are written."""
+    `write.data@train=enospc`, uqa/ops/faults.py), in the real stage process, after its shards are written."""
     root = tmp_path / "project"
     root.mkdir()
     env = env_for("disk")
@@ -379,7 +380,7 @@ def test_an_interrupt_swallowed_inside_still_stops_the_run(sig, message):
     """A library that catches everything (importing torch can drop a KeyboardInterrupt raised
     mid-import) must not turn Ctrl-C or SIGTERM into nothing: the stage's and the CLI's block ends
     with KeyboardInterrupt, and raise_if_interrupted (called after such a step) raises at once."""
-    from uqa.procs import raise_if_interrupted, sigterm_as_interrupt
+    from uqa.ops.procs import raise_if_interrupted, sigterm_as_interrupt
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     reached_end = checked = False

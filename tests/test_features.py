@@ -9,15 +9,8 @@ import pandas as pd
 import pytest
 from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
 
-from uqa.features import (
-    NO_CHAR,
-    EncodedPairs,
-    Labels,
-    PairTemplate,
-    Windows,
-    _Texts,
-    encode_pairs,
-)
+from uqa.text.encoding import encode_pairs
+from uqa.text.windows import NO_CHAR, EncodedPairs, Labels, PairTemplate, Windows, _Texts
 
 
 def reference_label_windows(
@@ -125,7 +118,7 @@ def label_windows(
 @needs_shared
 @pytest.mark.parametrize(("max_len", "stride"), [(512, 128), (128, 32), (96, 8)])
 def test_labels_match_the_reference(max_len, stride):
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.tokenizer import load_tokenizer
 
     df = pd.read_parquet(UQA_DIR / "validation.parquet")
     answer = df["answer"].fillna("")
@@ -184,11 +177,11 @@ def test_uncovered_and_twin_offsets():
 def test_streamed_chunks_and_spill_files_give_the_whole_encoding(tmp_path, monkeypatch):
     """The tokenize stage's path (chunks of rows through one tokenizer pipeline, tokens kept in spill
     files between passes) gives the windows and labels of one `encode_pairs` over all rows."""
-    from uqa import features
-    from uqa.features import encode_stream, prepare_backend
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text import encoding
+    from uqa.text.encoding import encode_stream, prepare_backend
+    from uqa.text.tokenizer import train_tokenizer
 
-    monkeypatch.setattr(features, "CHUNK", 3)  # several tokenizer calls per chunk, some across chunks
+    monkeypatch.setattr(encoding, "CHUNK", 3)  # several tokenizer calls per chunk, some across chunks
     rng = np.random.default_rng(0)
     words = [f"لفظ{i}" for i in range(40)]
     contexts, questions, starts, ends = [], [], [], []

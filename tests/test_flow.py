@@ -37,8 +37,9 @@ def test_flow_and_dvc_agree_end_to_end(project_factory, prefect_server):
     assert "Stage 'download' didn't change, skipping" in repro and "Stage 'register' didn't change, skipping" in repro
 
     # the registry has a version in prod, and predict answers from it
-    from uqa.predict import Predictor
-    from uqa.registry import Registry, resolve_model
+    from uqa.model.predict import Predictor
+    from uqa.registry.lookup import resolve_model
+    from uqa.registry.store import Registry
 
     assert Registry(project, "uqa-qa").stage_version() == "v0.0.1"
     tags = run_ok(["git", "tag"], project).stdout.split()

@@ -14,8 +14,8 @@ from test_registry_failclosed import _index, _refused
 
 from tasks.register import register
 from uqa.errors import DataError
-from uqa.gate import decide, differences, eval_set_fingerprint
-from uqa.registry import Registry, RegistryInconsistent
+from uqa.registry.gate import decide, differences, eval_set_fingerprint
+from uqa.registry.store import Registry, RegistryInconsistent
 
 NAME = "uqa-qa"
 
@@ -223,7 +223,7 @@ def _tiny_qa_model(directory: Path, seed: int) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
 
     texts = [json.loads(line)["context"] + " " + json.loads(line)["question"]
              for line in (REPO / "demo/data/train.jsonl").read_text(encoding="utf-8").splitlines()[:200]]

@@ -11,8 +11,8 @@ from conftest import run_ok
 from test_register import _metrics, _model
 
 from tasks.register import register
-from uqa import lineage
-from uqa.params import params_from_dict
+from uqa.params.validation import params_from_dict
+from uqa.registry import lineage
 from uqa_cli.main import main
 
 
@@ -73,7 +73,7 @@ def test_code_state_outside_git(tmp_path):
 def test_data_lineage_names_the_evaluation_set_the_gate_compares(tmp_path):
     import pandas as pd
 
-    from uqa.gate import eval_set_fingerprint
+    from uqa.registry.gate import eval_set_fingerprint
 
     examples = pd.DataFrame({"id": ["a", "b"], "question": ["q1", "q2"], "context": ["c1", "c2"],
                              "answer": ["x", "y"], "answer_start": [0, 1]})
@@ -199,7 +199,7 @@ def test_keep_last_removes_old_experiments_and_collects_the_dvc_cache(tmp_path):
 
     from conftest import dvc
 
-    from uqa.retention import experiments_newest_first, prune_experiments_and_cache
+    from uqa.registry.retention import experiments_newest_first, prune_experiments_and_cache
 
     root = tmp_path
     run_ok(["git", "init", "-q"], root)

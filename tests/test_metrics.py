@@ -1,4 +1,4 @@
-"""Hand-computed tests for uqa.metrics (official SQuAD v2.0 semantics + Urdu normalizer).
+"""Hand-computed tests for uqa.evaluation.squad and .urdu (official SQuAD v2.0 semantics + Urdu normalizer).
 
 Every expected value below was worked out by hand (the arithmetic is in the comments); none is
 produced by the code under test. F1 literals with 4 decimals are compared with abs=1e-4. At the end, a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from conftest import UQA_DIR, needs_shared
 
-from uqa.metrics import (
+from uqa.evaluation.squad import (
     NORMALIZERS,
     apply_margin_threshold,
     best_margin_threshold,
@@ -20,10 +20,10 @@ from uqa.metrics import (
     find_best_thresh,
     get_tokens,
     normalize_official,
-    normalize_urdu,
     question_scores,
     squad_v2_evaluate,
 )
+from uqa.evaluation.urdu import normalize_urdu
 
 OFF = normalize_official
 URDU = normalize_urdu
@@ -551,7 +551,7 @@ def test_margin_threshold_is_the_best_of_every_cut(seed):
 # Differential test: an independent transcription of the official evaluate-v2.0.py
 # ----------------------------------------------------------------------------------------------
 # The functions below are written from the official SQuAD v2.0 script (evaluate-v2.0.py, public,
-# ~300 lines), kept as close to its text as Python 3 allows; nothing here imports uqa.metrics.
+# ~300 lines), kept as close to its text as Python 3 allows; nothing here imports uqa.evaluation.
 
 
 def _official_normalize_answer(s):

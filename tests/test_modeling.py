@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from conftest import demo_tiny_params
 
-from uqa.params import deep_merge, params_from_dict
+from uqa.params.overrides import deep_merge
+from uqa.params.validation import params_from_dict
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
 
     return train_tokenizer(["لاہور پاکستان کا ایک شہر ہے جو 1906 میں بڑا ہوا۔ لاہور کہاں ہے؟"] * 3, vocab_size=80)
 
@@ -21,7 +22,7 @@ def test_a_scratch_model_takes_its_special_token_ids_from_the_tokenizer(tokenize
     tokenizer must carry the tokenizer's ids, and answer a question pair."""
     import torch
 
-    from uqa.modeling import build_model, scratch_config
+    from uqa.model.modeling import build_model, scratch_config
 
     model = params_from_dict(deep_merge(demo_tiny_params(), {"model": {"config": {"model_type": model_type}}})).model
     config = scratch_config(model, len(tokenizer), tokenizer)

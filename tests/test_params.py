@@ -11,14 +11,10 @@ from conftest import REPO
 from pydantic import TypeAdapter
 
 from uqa.errors import UserError
-from uqa.params import (
-    Params,
-    apply_overrides,
-    load_params,
-    overrides_to_nested,
-    params_from_dict,
-    section_models,
-)
+from uqa.params.files import apply_overrides, load_params
+from uqa.params.overrides import overrides_to_nested
+from uqa.params.schema import Params, section_models
+from uqa.params.validation import params_from_dict
 
 
 def test_shipped_params_are_the_seed_recipe():
@@ -35,10 +31,10 @@ def test_shipped_params_are_the_seed_recipe():
 
 
 def test_shipped_params_are_the_schema_defaults():
-    """One definition of each default: the schema's (uqa/params.py); params.yaml spells them out for
+    """One definition of each default: the schema's (uqa/params/schema.py); params.yaml spells them out for
     the user and DVC, and predict falls back to them for a model without its settings."""
-    from uqa.inference_settings import DEFAULTS
-    from uqa.modeling import HARD_CAP
+    from uqa.model.modeling import HARD_CAP
+    from uqa.model.settings import DEFAULTS
 
     assert load_params(REPO / "params.yaml") == Params()
     d = Params()
@@ -241,7 +237,7 @@ def test_params_are_frozen_dataclasses():
 
 
 def test_demo_params_laid_over_the_project_params_load(tmp_path):
-    from uqa.demo import write_demo_params
+    from uqa.workspace.demo import write_demo_params
 
     write_demo_params(tmp_path / "params.yaml")
     p = load_params(tmp_path / "params.yaml")
@@ -255,7 +251,7 @@ def test_demo_params_laid_over_the_project_params_load(tmp_path):
 @pytest.mark.parametrize("demo", [False, True])
 def test_to_dict_round_trips(tmp_path, demo):
     if demo:
-        from uqa.demo import write_demo_params
+        from uqa.workspace.demo import write_demo_params
 
         write_demo_params(tmp_path / "params.yaml")
         p = load_params(tmp_path / "params.yaml")

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
 
-from uqa.features import encode_labelled_windows
-from uqa.inference import WindowLogits, spans_for_windows
-from uqa.postprocess import best_spans, no_answer_margin, pad_ragged
+from uqa.model.inference import WindowLogits, spans_for_windows
+from uqa.model.postprocess import best_spans, no_answer_margin, pad_ragged
+from uqa.text.encoding import encode_labelled_windows
 
 # one window of 10 tokens: 0 = CLS, 1-3 question, 4 = SEP, 5-8 context, 9 = SEP
 CTX = np.array([[False, False, False, False, False, True, True, True, True, False]])
@@ -99,7 +99,7 @@ def test_texts_trim_whitespace_from_offsets():
 @needs_shared
 def test_oracle_logits_recover_every_labelled_answer():
     """One-hot logits at the gold label positions -> postprocessing returns exactly the labelled span."""
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.tokenizer import load_tokenizer
 
     rows = pd.read_parquet(UQA_DIR / "validation.parquet")
     rows = rows[~rows["is_impossible"]].reset_index(drop=True)
@@ -174,7 +174,7 @@ def test_vectorized_matches_a_python_reference(seed):
 def test_ranked_spans_are_the_k_best_distinct_spans_the_first_best_spans(seed):
     """Random logits over overlapping windows (the same characters in two windows): the k best distinct
     character spans of a plain loop over the n_best x n_best pairs, and the first is best_spans' answer."""
-    from uqa.postprocess import ranked_spans
+    from uqa.model.postprocess import ranked_spans
 
     rng = np.random.default_rng(seed)
     n, width, n_best, max_len, k = 40, 30, 5, 6, 4

@@ -21,17 +21,18 @@ from tasks.download import download
 from tasks.evaluate import evaluate
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
-from uqa.inference_settings import (
+from uqa.model.predict import Predictor
+from uqa.model.settings import (
     INFERENCE_FILE,
     registry_settings,
     resolve_settings,
     weights_sha256,
     window_settings,
 )
-from uqa.params import deep_merge, params_from_dict
-from uqa.predict import Predictor
+from uqa.params.overrides import deep_merge
+from uqa.params.validation import params_from_dict
+from uqa.workspace.dvc_ops import working_dir
 
 MODES = {
     "answerable": {},
@@ -202,7 +203,7 @@ def _fake_model(path: Path, weights: bytes = b"w") -> Path:
 
 def test_settings_fall_back_to_defaults_with_a_warning(tmp_path, caplog):
     model = _fake_model(tmp_path / "somewhere")
-    with caplog.at_level(logging.WARNING, logger="uqa.predict"):
+    with caplog.at_level(logging.WARNING, logger="uqa.model.predict"):
         settings, sources = resolve_settings(model, {"n_best": 5, "stride": None})
     assert settings == {"max_seq_length": 512, "stride": 128, "n_best": 5, "max_answer_length": 30,
                         "no_answer_threshold": None}
@@ -224,7 +225,7 @@ def test_settings_from_the_model_then_the_project_evaluation(tmp_path, caplog):
     assert sources["stride"] == str(model / INFERENCE_FILE) and sources["no_answer_threshold"] == str(eval_json)
     # retrained since the evaluation: its settings are not used, and a SQuAD2 model says it has no threshold
     (model / "model.safetensors").write_bytes(b"other weights")
-    with caplog.at_level(logging.WARNING, logger="uqa.predict"):
+    with caplog.at_level(logging.WARNING, logger="uqa.model.predict"):
         settings, sources = resolve_settings(model)
     assert settings["no_answer_threshold"] is None and settings["n_best"] == 20
     assert "did not score the weights" in caplog.text and "no no-answer threshold was found" in caplog.text

@@ -1,4 +1,4 @@
-"""The remotes as the record (uqa/publish.py), with a `file://` bare repository standing in for GitHub and a
+"""The remotes as the record (uqa/registry/publish.py), with a `file://` bare repository standing in for GitHub and a
 local directory for the DVC remote: what `uqa run --push` does before and after its stages, on the
 register stage's own code (tiny models built from a config, no training).
 
@@ -21,9 +21,9 @@ from conftest import DEMO_SOURCE, dvc, make_project, run_ok
 from test_register import _metrics, _model
 
 from tasks.register import register
-from uqa.params import load_params
-from uqa.publish import POINTER_FILE, PublishConflict, publish, remote_refs, sync_from_remotes
-from uqa.registry import Registry
+from uqa.params.files import load_params
+from uqa.registry.publish import POINTER_FILE, PublishConflict, publish, remote_refs, sync_from_remotes
+from uqa.registry.store import Registry
 
 NAME = "uqa-qa"
 
@@ -154,7 +154,7 @@ def _fetched(repo: Path) -> Path:
     return repo
 
 
-PUBLISH = ("import sys; from uqa.publish import publish; publish(sys.argv[1], 'uqa-qa', 'origin')")
+PUBLISH = ("import sys; from uqa.registry.publish import publish; publish(sys.argv[1], 'uqa-qa', 'origin')")
 
 
 @pytest.mark.parametrize("point", ["publish.after_dvc_push", "publish.after_pointer_commit"])
@@ -193,7 +193,7 @@ def test_a_plain_clone_knows_the_registry(remotes, tmp_path):
 
 
 def test_a_replica_serves_only_what_the_gate_approved(remotes, tmp_path):
-    from uqa.inference_settings import weights_sha256
+    from uqa.model.settings import weights_sha256
     from uqa.serving.models import ModelRefused
     from uqa.serving.remote import RemoteSource
 

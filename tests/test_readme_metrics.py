@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO
 
-from uqa.metrics import question_scores
+from uqa.evaluation.squad import question_scores
 
 
 def _rows():

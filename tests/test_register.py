@@ -10,8 +10,9 @@ from conftest import run_ok
 
 from tasks.register import register
 from uqa.errors import UserError
-from uqa.params import params_from_dict
-from uqa.registry import Registry, next_version, resolve_model
+from uqa.params.validation import params_from_dict
+from uqa.registry.lookup import resolve_model
+from uqa.registry.store import Registry, next_version
 
 TINY = {"model_type": "xlm-roberta", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 32, "max_position_embeddings": 40, "type_vocab_size": 1, "vocab_size": 50}
@@ -30,7 +31,7 @@ def _model(root: Path, seed: int) -> None:
 def _metrics(root: Path, f1: float, eval_set: str = "set-1", mode: str = "answerable-only",
              tune_fraction: float = 0.0) -> None:
     """metrics/eval.json as evaluate writes it for models/final: the weights it scored, the set it scored them on."""
-    from uqa.inference_settings import weights_sha256
+    from uqa.model.settings import weights_sha256
 
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "eval.json").write_text(json.dumps({
@@ -133,8 +134,8 @@ def test_registered_model_loads_with_transformers_auto_classes(git_project):
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from uqa.predict import Predictor
-    from uqa.tokenizer import train_tokenizer
+    from uqa.model.predict import Predictor
+    from uqa.text.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["لاہور پاکستان کا ایک شہر ہے۔ لاہور کہاں ہے؟"] * 3, vocab_size=50)
     _model(git_project, 1)
@@ -155,7 +156,7 @@ def test_registered_model_loads_with_transformers_auto_classes(git_project):
 def test_predict_cli_batch_mode_and_bad_input(git_project, tmp_path, capsys):
     import pandas as pd
 
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
     from uqa_cli.main import main
 
     tok = train_tokenizer(["لاہور پاکستان کا ایک شہر ہے۔ لاہور کہاں ہے؟"] * 3, vocab_size=50)
@@ -262,7 +263,7 @@ def test_model_card_never_invents_a_score():
     """A metric eval.json does not have is 'n/a' in the table and absent from the model-index (not 0)."""
     from huggingface_hub import ModelCard
 
-    from uqa.model_card import model_card
+    from uqa.registry.model_card import model_card
 
     text = model_card("uqa-qa", "v0.0.1", params_from_dict({}), {"f1": 42.5}, {}, {}, True, "first")
     card = ModelCard(text)
@@ -275,7 +276,7 @@ def test_model_card_quotes_a_hostile_directory_source():
     """A local directory source with ': ' and ' #' in it: the YAML the old f-string card wrote did not load."""
     from huggingface_hub import ModelCard
 
-    from uqa.model_card import model_card
+    from uqa.registry.model_card import model_card
 
     source = "/data/uqa: v2 #1/"
     text = model_card("uqa-qa", "v0.0.1", params_from_dict({"data": {"source": source}}),
@@ -290,7 +291,7 @@ def test_metrics_of_other_weights_never_vouch_for_these(git_project):
     """metrics/eval.json records the sha256 of the weights it scored: after a retrain without a new
     evaluation, register refuses (DataError naming both files) and registers nothing."""
     from uqa.errors import DataError
-    from uqa.inference_settings import weights_sha256
+    from uqa.model.settings import weights_sha256
 
     root = git_project
     _model(root, 1)
@@ -319,7 +320,7 @@ def test_a_run_killed_before_its_tags_is_finished_by_the_next(git_project):
     root = git_project
     _model(root, 1)
     _metrics(root, 60.0)
-    code = ("from tasks.register import register; from uqa.params import params_from_dict; "
+    code = ("from tasks.register import register; from uqa.params.validation import params_from_dict; "
             "register(params_from_dict({'register': {'min_f1': 0.0}}))")
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, UQA_FAILPOINT="write.after_rename@index.json"))

@@ -14,8 +14,9 @@ from test_register import _metrics, _model, _params
 
 from tasks.register import register
 from uqa.errors import DataError, TransientError
-from uqa.params import params_from_dict
-from uqa.registry import Registry, RegistryInconsistent, resolve_model
+from uqa.params.validation import params_from_dict
+from uqa.registry.lookup import resolve_model
+from uqa.registry.store import Registry, RegistryInconsistent
 
 NAME = "uqa-qa"
 

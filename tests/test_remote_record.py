@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import REPO, demo_tiny_params, free_port, run_ok, stop_process_group
 
-from uqa.params import deep_merge
+from uqa.params.overrides import deep_merge
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ import pytest
 from conftest import run_ok
 
 from uqa.errors import UserError
-from uqa.params import NOT_FROM_A_DEPLOYMENT_RUN, params_from_dict, refuse_unsafe_overrides
-from uqa.redact import RedactUrlCredentials, strip_url_credentials
+from uqa.ops.redact import RedactUrlCredentials, strip_url_credentials
+from uqa.params.overrides import NOT_FROM_A_DEPLOYMENT_RUN, refuse_unsafe_overrides
+from uqa.params.validation import params_from_dict
 
 TOKEN = "ghp_uqaTestToken0123456789abcdef"
 
@@ -89,7 +90,7 @@ def test_a_deployment_run_with_trust_remote_code_is_refused(tmp_path, monkeypatc
 
 
 def test_snapshot_never_carries_an_untracked_file(tmp_path):
-    from uqa.experiment import snapshot_commit
+    from uqa.workspace.experiment import snapshot_commit
 
     run_ok(["git", "init", "-q"], tmp_path)
     (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
@@ -154,7 +155,7 @@ def remote_with_token(tmp_path):
 
 
 def test_remote_url_and_git_errors_carry_no_credentials(remote_with_token, monkeypatch):
-    from uqa.experiment import publish_commit, remote_url
+    from uqa.workspace.experiment import publish_commit, remote_url
 
     monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
     assert remote_url(remote_with_token, "origin") == "http://127.0.0.1:9/repo.git"
@@ -169,7 +170,7 @@ def test_a_git_call_that_times_out_is_one_line_without_credentials(tmp_path):
     GitError of one line, the URL's token stripped (Python's TimeoutExpired repeats the whole command)."""
     import socket
 
-    from uqa.git import GitError, git
+    from uqa.ops.git import GitError, git
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -223,10 +224,10 @@ def test_run_logs_carry_no_credentials(caplog):
             seen.append(msg % args)
 
     bridge = _RunLogBridge(Run())
-    record = logging.LogRecord("uqa.experiment", logging.WARNING, __file__, 1, "pushing to %s", (
+    record = logging.LogRecord("uqa.workspace.experiment", logging.WARNING, __file__, 1, "pushing to %s", (
         f"https://u:{TOKEN}@example.com/r.git",), None)
     bridge.handle(record)
-    assert seen == ["uqa.experiment: pushing to https://example.com/r.git"]
+    assert seen == ["uqa.workspace.experiment: pushing to https://example.com/r.git"]
 
 
 def test_redaction_filter_keeps_records_it_cannot_format():
@@ -240,7 +241,7 @@ def test_redaction_filter_keeps_records_it_cannot_format():
 def test_hub_repo_is_created_private_by_default(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from uqa.hub_push import push_to_hub
+    from uqa.registry.hub_push import push_to_hub
 
     created = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: created.append(kw))
@@ -257,7 +258,7 @@ def test_hub_repo_is_created_private_by_default(tmp_path, monkeypatch):
 
 
 def test_atomic_writes_fsync_the_data_and_the_directory(tmp_path, monkeypatch):
-    from uqa import atomic
+    from uqa.ops import atomic
 
     synced: list[str] = []
     real_fsync = os.fsync
@@ -290,7 +291,7 @@ def test_atomic_writes_fsync_the_data_and_the_directory(tmp_path, monkeypatch):
 
 
 def test_the_run_form_says_which_overrides_a_deployment_run_may_not_set():
-    from uqa.params import overrides_model
+    from uqa.params.overrides import overrides_model
 
     defs = overrides_model().model_json_schema()["$defs"]
     described = {f"{section}.{key}": spec.get("description", "") for section, model in defs.items()

@@ -1,4 +1,4 @@
-"""Texts tokenized word by word (uqa/segments.py) give exactly the whole-text tokens, and a
+"""Texts tokenized word by word (uqa/text/segments.py) give exactly the whole-text tokens, and a
 tokenizer that does not treat a space between words as a boundary is never cut."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 from conftest import UQA_DIR, URDU_TOKENIZER, needs_shared
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from uqa import segments
-from uqa.features import PairTemplate, encode_stream, prepare_backend
-from uqa.segments import cut_texts, cuttable_added_tokens
+from uqa.text import segments
+from uqa.text.encoding import encode_stream, prepare_backend
+from uqa.text.segments import cut_texts, cuttable_added_tokens
+from uqa.text.windows import PairTemplate
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # words with the spaces that must not be cut: before a combining mark or a joining letter, two
@@ -133,7 +134,7 @@ def test_a_wrong_verdict_costs_speed_not_tokens(monkeypatch, caplog):
     monkeypatch.setattr(segments, "MIN_TEXTS", 1)
     monkeypatch.setattr(segments, "cuttable_added_tokens", lambda backend: [])
     backend = prepare_backend(tok)
-    with caplog.at_level(logging.WARNING, logger="uqa.segments"):
+    with caplog.at_level(logging.WARNING, logger="uqa.text.segments"):
         [encoded] = encode_stream(backend, PairTemplate.of(backend), [(["سوال"] * len(texts), texts)])
     assert "every text is tokenized whole" in caplog.text
     whole_ids, whole_offsets = _whole(backend, list(dict.fromkeys(texts)))
@@ -145,7 +146,7 @@ def test_a_wrong_verdict_costs_speed_not_tokens(monkeypatch, caplog):
 def test_real_uqa_by_word_equals_whole_texts(monkeypatch):
     """XLM-R's Urdu tokenizer as transformers loads it, on 3,000 real UQA rows: the stage's encoding
     (questions and contexts cut into distinct words) is the whole-text encoding, token for token."""
-    from uqa.tokenizer import load_tokenizer
+    from uqa.text.tokenizer import load_tokenizer
 
     rows = pd.read_parquet(UQA_DIR / "train.parquet").iloc[:3000]
     questions, contexts = rows["question"].tolist(), rows["context"].tolist()

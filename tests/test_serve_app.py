@@ -1,5 +1,5 @@
 """The HTTP API in-process (FastAPI's TestClient, no server): a real tiny model (random weights, a
-tokenizer trained on the demo data) answers through the scheduler exactly as uqa.predict.Predictor
+tokenizer trained on the demo data) answers through the scheduler exactly as uqa.model.predict.Predictor
 does, in our shape and in the Hugging Face QA protocol's; bad input gets a 4xx naming the field and
 the app stays healthy; the API key, Host and Content-Type guards; Prometheus metrics."""
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import DEMO_SOURCE, DEMO_TINY_CONFIG
 
-from uqa.inference_settings import INFERENCE_FILE
-from uqa.predict import Predictor
+from uqa.model.predict import Predictor
+from uqa.model.settings import INFERENCE_FILE
 from uqa.serving.answering import answer
 from uqa.serving.app import ROUTES, ServeSettings, create_app
 from uqa.serving.backends import load_served
@@ -31,7 +31,7 @@ def model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
 
     rows = pd.read_json(DEMO_SOURCE["train"], lines=True, dtype=False)
     tok = train_tokenizer(list(rows["question"]) + list(rows["context"]), vocab_size=600)
@@ -299,7 +299,7 @@ def test_binding_beyond_loopback_needs_a_key(tmp_path, capsys, monkeypatch):
 def test_onnx_backends_answer_like_torch_and_say_how_closely(model_dir, tmp_path):
     import shutil
 
-    from uqa.inference_settings import EVAL_QUESTIONS_FILE
+    from uqa.model.settings import EVAL_QUESTIONS_FILE
     from uqa.serving.backends import agreement, load_served
     from uqa.serving.models import Resolved
 

@@ -30,7 +30,7 @@ from conftest import (
     stop_process_group,
 )
 
-from uqa.params import deep_merge
+from uqa.params.overrides import deep_merge
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,8 @@ def _train_and_register(root: Path, seed: int) -> dict:
     from tasks.register import register
     from tasks.tokenize import tokenize_splits
     from tasks.train_recipe import run as train_recipe
-    from uqa.dvc_ops import working_dir
-    from uqa.params import apply_overrides, load_params
+    from uqa.params.files import apply_overrides, load_params
+    from uqa.workspace.dvc_ops import working_dir
 
     if seed != 42:
         apply_overrides(root / "params.yaml", {"train": {"seed": seed}})
@@ -317,7 +317,7 @@ def test_schemathesis_finds_no_failure_in_the_openapi_contract(project, keyed_se
 def test_the_server_follows_prod_with_no_failed_request(project, server):
     import httpx
 
-    from uqa.registry import Registry
+    from uqa.registry.store import Registry
 
     answers, failures, stop = [], [], threading.Event()
 
@@ -364,8 +364,9 @@ def test_a_replica_elsewhere_gets_prod_through_gto_and_the_dvc_remote(project, t
     import httpx
     from conftest import dvc, run_ok
 
-    from uqa.predict import Predictor
-    from uqa.registry import Registry, resolve_model
+    from uqa.model.predict import Predictor
+    from uqa.registry.lookup import resolve_model
+    from uqa.registry.store import Registry
 
     store = tmp_path / "dvc-store"
     dvc("remote", "add", "-d", "store", str(store), cwd=project)

@@ -256,12 +256,12 @@ def test_a_repeated_warning_is_logged_once_a_minute_with_a_count():
     f = OncePerMinute(seconds=60)
 
     def rec(msg, level=logging.WARNING):
-        return logging.LogRecord("uqa.predict", level, __file__, 1, msg, (), None)
+        return logging.LogRecord("uqa.model.predict", level, __file__, 1, msg, (), None)
 
     assert f.filter(rec("%d question(s) leave few tokens"))
     assert not f.filter(rec("%d question(s) leave few tokens"))
     assert f.filter(rec("another warning")) and f.filter(rec("an error", logging.ERROR))
     assert f.filter(rec("an error", logging.ERROR))
-    f.last[("uqa.predict", "%d question(s) leave few tokens")] -= 61  # a minute later
+    f.last[("uqa.model.predict", "%d question(s) leave few tokens")] -= 61  # a minute later
     again = rec("%d question(s) leave few tokens")
     assert f.filter(again) and "(1 more like this in the last minute)" in again.msg

@@ -25,10 +25,10 @@ from conftest import DEMO_SOURCE, demo_tiny_params, free_port, run_ok
 
 from tasks.download import download
 from tasks.source import check_source, source_markdown
-from uqa.atomic import atomic_write_json
-from uqa.data_source import HubUnreachable, current_fingerprint, hub_fingerprint, resolve_hub_sha
+from uqa.data.source import HubUnreachable, current_fingerprint, hub_fingerprint, resolve_hub_sha
 from uqa.errors import UserError
-from uqa.params import DataParams
+from uqa.ops.atomic import atomic_write_json
+from uqa.params.schema import DataParams
 
 ROW = {"id": "q1", "title": "t", "context": "لاہور پاکستان کا ایک شہر ہے۔", "question": "لاہور کہاں ہے؟",
        "is_impossible": False, "answer": "پاکستان", "answer_start": 6}
@@ -94,7 +94,7 @@ def test_local_fingerprint_is_deterministic_with_paths_as_given(tmp_path, monkey
 def test_unchanged_source_files_are_not_read_again_in_a_dvc_project(tmp_path, monkeypatch):
     """The source stage runs on every `dvc repro`: a file whose stat is unchanged keeps its sha256
     without being read; one rewritten with the same size and mtime (cp -p) is hashed again."""
-    import uqa.hashing
+    import uqa.ops.hashing
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".dvc").mkdir()
@@ -104,8 +104,8 @@ def test_unchanged_source_files_are_not_read_again_in_a_dvc_project(tmp_path, mo
     check_source(params)
     first = Path("data/source.json").read_bytes()
     read: list[str] = []
-    real = uqa.hashing.file_sha256
-    monkeypatch.setattr(uqa.hashing, "file_sha256", lambda path: read.append(str(path)) or real(path))
+    real = uqa.ops.hashing.file_sha256
+    monkeypatch.setattr(uqa.ops.hashing, "file_sha256", lambda path: read.append(str(path)) or real(path))
 
     check_source(params)
     assert read == [] and Path("data/source.json").read_bytes() == first

@@ -12,12 +12,13 @@ from tasks.download import download
 from tasks.evaluate import evaluate
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from uqa.dvc_ops import working_dir
 from uqa.errors import UserError
-from uqa.params import deep_merge, params_from_dict
-from uqa.predict import Predictor
-from uqa.scoring import score_predictions, split_for_tuning
-from uqa.trainer import make_trainer
+from uqa.evaluation.scoring import score_predictions, split_for_tuning
+from uqa.model.predict import Predictor
+from uqa.model.trainer import make_trainer
+from uqa.params.overrides import deep_merge
+from uqa.params.validation import params_from_dict
+from uqa.workspace.dvc_ops import working_dir
 
 DEMO = DEMO_SOURCE
 

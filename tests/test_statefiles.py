@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import dvc, run_ok
 
-from uqa.statefiles import COMMITTING, LockfileUnreadable, lockfile_problem
+from uqa.workspace.statefiles import COMMITTING, LockfileUnreadable, lockfile_problem
 
-COMMIT = "import sys; from uqa.dvc_ops import dvc_commit; dvc_commit(sys.argv[1], 'make')"
+COMMIT = "import sys; from uqa.workspace.dvc_ops import dvc_commit; dvc_commit(sys.argv[1], 'make')"
 STATUS = ("import sys, logging; logging.basicConfig(level=logging.WARNING, format='%(message)s'); "
-          "from uqa.dvc_ops import dvc_status; print('status', dvc_status(sys.argv[1], 'make'))")
+          "from uqa.workspace.dvc_ops import dvc_status; print('status', dvc_status(sys.argv[1], 'make'))")
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_kill_inside_the_first_commit_removes_the_partial_lock(project):
 @pytest.mark.parametrize("content", ["", "schema: '2.0'\nstages:\n  make:\n    cmd: [", "- a\n- b\n",
                                      "schema: '2.0'\nstages:\n  make:\n    outs: 3\n"])
 def test_unreadable_lock_without_a_copy_is_one_clear_error(project, content):
-    from uqa.dvc_ops import dvc_status
+    from uqa.workspace.dvc_ops import dvc_status
 
     (project / "dvc.lock").write_text(content)
     with pytest.raises(LockfileUnreadable, match=rf"^{project / 'dvc.lock'} cannot be read by DVC \(.+\): restore "

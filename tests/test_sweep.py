@@ -87,7 +87,7 @@ def test_sweep_without_a_server_runs_the_trials_one_after_another(tmp_path):
     f1s = [float(re.search(r"F1\s+([\d.]+)", line).group(1)) for line in lines]
     exps = _experiments(project)
     trials = [{"experiment": n, "f1": f} for n, f in zip(names, f1s, strict=True)]
-    from uqa.registry import Registry
+    from uqa.registry.store import Registry
 
     registered = Registry(project, "uqa-qa").record("v0.0.1")["metrics"]["f1"]
     _assert_real_f1s(project, trials, registered)  # each trial is a DVC experiment with its params and F1
@@ -122,9 +122,11 @@ def _prod_f1_in_squad2_mode(project: Path, tmp_path: Path) -> float:
     from tasks.download import download
     from tasks.filter import filter_rows
     from tasks.rescore import model_f1_on
-    from uqa.dvc_ops import working_dir
-    from uqa.params import deep_merge, load_params, params_from_dict
-    from uqa.registry import Registry
+    from uqa.params.files import load_params
+    from uqa.params.overrides import deep_merge
+    from uqa.params.validation import params_from_dict
+    from uqa.registry.store import Registry
+    from uqa.workspace.dvc_ops import working_dir
 
     params = load_params(project / "params.yaml")
     params = params_from_dict(deep_merge(params.to_dict(), {"data": {"keep_unanswerable": True}}))

@@ -14,9 +14,9 @@ from conftest import TINY_CONFIG, UQA_DIR, URDU_TOKENIZER, needs_shared
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import first_row_per_id, tokenize_splits
-from uqa.features import encode_labelled_windows, encode_windows
-from uqa.params import params_from_dict
-from uqa.tokenizer import load_tokenizer
+from uqa.params.validation import params_from_dict
+from uqa.text.encoding import encode_labelled_windows, encode_windows
+from uqa.text.tokenizer import load_tokenizer
 
 
 def tight_span_problem(offsets, seq_ids, start, end, s, e):
@@ -138,7 +138,7 @@ def test_no_padding_is_stored_and_auto_length(real):
 
 
 def test_windows_overlap_by_stride_and_labels_pick_the_right_window():
-    from uqa.tokenizer import train_tokenizer
+    from uqa.text.tokenizer import train_tokenizer
 
     words = [f"لفظ{i}" for i in range(60)]
     context = " ".join(words)
@@ -231,9 +231,9 @@ def reference_tokenize_splits(params, in_dir, tokenizer_dir):
     import pyarrow.compute as pc
 
     from tasks.tokenize import SPLITS, get_tokenizer
-    from uqa.features import encode_pairs
-    from uqa.modeling import sequence_limit
-    from uqa.tokenize_passes import features_table, split_stats
+    from uqa.model.modeling import sequence_limit
+    from uqa.text.encoding import encode_pairs
+    from uqa.text.passes import features_table, split_stats
 
     tables = {s: datasets.load_from_disk(str(in_dir / s)).data.table for s in SPLITS}
     val_rows = first_row_per_id(tables["validation"].column("id").to_pylist())
@@ -296,8 +296,8 @@ def assert_same_as_reference(out_dir, report, reference, chunk_rows):
     multi-shard save_to_disk directory that the train and evaluate stages read as before."""
     import pyarrow.compute as pc
 
-    from uqa.features import windows_from_table
-    from uqa.trainer import feature_lengths
+    from uqa.model.trainer import feature_lengths
+    from uqa.text.windows import windows_from_table
 
     tables, ref_report = reference
     assert {k: v for k, v in report.items() if k != "seconds"} == ref_report
@@ -335,7 +335,7 @@ def demo_filtered(tmp_path_factory):
     split that repeats ids (a later row with an earlier id and another question: it must be skipped)."""
     from conftest import DEMO_SOURCE
 
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     root = tmp_path_factory.mktemp("demo")
     rows = [json.loads(line) for line in open(DEMO_SOURCE["validation"], encoding="utf-8")]
@@ -359,7 +359,7 @@ def demo_filtered(tmp_path_factory):
 @pytest.mark.parametrize("tokenize", [{"max_seq_length": "auto"}, {"max_seq_length": 40, "stride": 8}],
                          ids=["auto", "windows-40-stride-8"])
 def test_shards_are_the_unsharded_output(demo_filtered, tokenize, tmp_path):
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     root, base = demo_filtered
     params = params_from_dict(deep_merge(base, {"tokenize": tokenize}))
@@ -386,7 +386,7 @@ def test_shards_are_the_unsharded_output(demo_filtered, tokenize, tmp_path):
 
 def test_a_failed_run_keeps_the_previous_output_and_leaves_nothing(demo_filtered, tmp_path):
     from uqa.errors import UserError
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     root, base = demo_filtered
     out = tmp_path / "out"
@@ -406,7 +406,7 @@ def test_real_uqa_sample_shards_are_the_unsharded_output(tmp_path):
     of question) with the Urdu tokenizer, several shards per split, in one and in two processes."""
     import pyarrow.parquet as pq
 
-    from uqa.params import deep_merge
+    from uqa.params.overrides import deep_merge
 
     for split, rows in (("train", slice(None, None, 40)), ("validation", slice(0, 1500))):
         table = pq.read_table(UQA_DIR / f"{split}.parquet")

@@ -14,10 +14,11 @@ from conftest import demo_tiny_params
 from tasks.download import download
 from tasks.filter import filter_rows
 from tasks.tokenize import tokenize_splits
-from uqa.checkpoints import complete_checkpoints, prepare_checkpoint_dir
-from uqa.dvc_ops import working_dir
-from uqa.params import deep_merge, params_from_dict
-from uqa.trainer import make_trainer, resolve_precision
+from uqa.model.checkpoints import complete_checkpoints, prepare_checkpoint_dir
+from uqa.model.trainer import make_trainer, resolve_precision
+from uqa.params.overrides import deep_merge
+from uqa.params.validation import params_from_dict
+from uqa.workspace.dvc_ops import working_dir
 
 
 def tiny_params(**train):
@@ -180,7 +181,7 @@ def test_launch_command(monkeypatch):
     import sys
 
     from tasks.train import launch_command
-    from uqa.params import LauncherParams
+    from uqa.params.schema import LauncherParams
 
     assert launch_command(LauncherParams()) == [sys.executable, "-m", "tasks.train_recipe", "--params", "params.yaml"]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from uqa.errors import UserError
-from uqa.git import GIT_REMOTE
-from uqa.procs import sigterm_as_interrupt
-from uqa.runtime import apply_runtime_defaults
+from uqa.ops.git import GIT_REMOTE
+from uqa.ops.procs import sigterm_as_interrupt
+from uqa.ops.runtime import apply_runtime_defaults
 
 
 def _pipeline_flow():
@@ -21,8 +21,10 @@ def _pipeline_flow():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from uqa.params import PARAMS_FILE, overrides_to_nested, params_with_overrides
-    from uqa.server import prefect_api
+    from uqa.ops.prefect_server import prefect_api
+    from uqa.params.files import params_with_overrides
+    from uqa.params.overrides import overrides_to_nested
+    from uqa.params.schema import PARAMS_FILE
 
     if args.set:  # a wrong -S (e.g. register.name=../../x) is one clear error before any server or stage starts
         params_with_overrides(Path(args.project) / PARAMS_FILE, args.set)
@@ -71,7 +73,7 @@ def _print_result(result: dict, base: Path = Path(".")) -> None:
 
 def _grid(specs: list[str]) -> dict[str, list]:
     """['train.epochs=1,2', ...] -> {'train.epochs': [1, 2]} (each value parsed as YAML)."""
-    from uqa.params import parse_override
+    from uqa.params.overrides import parse_override
 
     grid: dict[str, list] = {}
     for spec in specs:
@@ -89,7 +91,7 @@ def _sweep_flow():
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from uqa.server import prefect_api
+    from uqa.ops.prefect_server import prefect_api
 
     ranges = {}
     for spec in args.range:
@@ -119,8 +121,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uqa.demo import demo_workspace
-    from uqa.server import prefect_api
+    from uqa.ops.prefect_server import prefect_api
+    from uqa.workspace.demo import demo_workspace
 
     started = time.time()
 
@@ -145,7 +147,8 @@ def _resolve(spec: str, project: Path) -> Path:
 
 def _resolve_in(spec: str, project: Path) -> tuple[Path, Path]:
     """(the project whose registry has it, the model directory): PROJECT, else its demo-run/."""
-    from uqa.registry import RegistryInconsistent, resolve_model
+    from uqa.registry.lookup import resolve_model
+    from uqa.registry.store import RegistryInconsistent
 
     try:
         return project, resolve_model(spec, project)
@@ -161,7 +164,7 @@ def _resolve_in(spec: str, project: Path) -> tuple[Path, Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from uqa.predict import Predictor, read_batch
+    from uqa.model.predict import Predictor, read_batch
 
     model_dir = _resolve(args.model, Path(args.project))
     # settings not given here come from the model (uqa_inference.json; for <project>/models/final the
@@ -199,7 +202,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from uqa.registry import PROD, Registry, default_artifact
+    from uqa.registry.lookup import default_artifact
+    from uqa.registry.store import PROD, Registry
 
     if getattr(args, "registry_command", None) == "show":
         return _registry_show(args)
@@ -223,8 +227,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _registry_show(args: argparse.Namespace) -> int:
-    from uqa.lineage import describe
-    from uqa.registry import version_of
+    from uqa.registry.lineage import describe
+    from uqa.registry.lookup import version_of
 
     registry, version = version_of(args.spec, Path(args.project), args.name)
     record = registry.record(version)
@@ -237,8 +241,8 @@ def _registry_show(args: argparse.Namespace) -> int:
 
 
 def _registry_diff(args: argparse.Namespace) -> int:
-    from uqa.lineage import diff
-    from uqa.registry import version_of
+    from uqa.registry.lineage import diff
+    from uqa.registry.lookup import version_of
 
     (ra, va), (rb, vb) = (version_of(s, Path(args.project), args.name) for s in (args.a, args.b))
     changes = diff(ra.record(va), rb.record(vb))
@@ -257,7 +261,7 @@ def _registry_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from uqa import alerts
+    from uqa.ops import alerts
 
     if args.remove:
         removed = alerts.remove()

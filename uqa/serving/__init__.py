@@ -7,7 +7,7 @@
 - metrics.py   Prometheus metrics (/metrics)
 - models.py    which model is served: resolving --model, loading it, following the prod stage
 - remote.py    --repo: a replica that downloads what the gate approved from the git and DVC remotes
-- backends.py  torch (uqa.predict.Predictor as is) and ONNX Runtime (fp32 / int8) behind the same Predictor
+- backends.py  torch (uqa.model.predict.Predictor as is) and ONNX Runtime (fp32 / int8) behind the same Predictor
 - app.py       the FastAPI application (routes, error handling, body-size limit, OpenAPI)
 - cli.py       `uqa serve`'s options and start-up
 """

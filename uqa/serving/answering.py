@@ -1,6 +1,6 @@
 """A request -> its answers with the model being served: tokenize, compute (the scheduler), answer.
 
-The answers are `uqa.predict.Predictor`'s (the same windows, span search and no-answer threshold as
+The answers are `uqa.model.predict.Predictor`'s (the same windows, span search and no-answer threshold as
 `uqa predict` and evaluate); `Predictor.prepare` runs when the request arrives, the forward passes
 when the scheduler gives its windows a turn, `Predictor.finish` when the last one is done. A question
 too long for the model's window is cut to fit (the answer says `question_truncated`), so every

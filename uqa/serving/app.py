@@ -69,7 +69,7 @@ def _registry_record(source, resolved) -> dict[str, Any]:
     if not resolved.name or getattr(source, "root", None) is None:
         return {}
     try:
-        from uqa.registry import Registry
+        from uqa.registry.store import Registry
 
         return Registry(source.root, resolved.name).record(resolved.version) or {}
     except Exception:  # an unreadable index must not break /v1/model: the version's own files still answer

@@ -1,4 +1,4 @@
-"""Loading a version for serving: uqa.predict.Predictor with the torch model, or with an ONNX
+"""Loading a version for serving: uqa.model.predict.Predictor with the torch model, or with an ONNX
 Runtime session (fp32, or int8 dynamic quantization) in the model's place.
 
 The Predictor's windows, span search and threshold are untouched, so a backend can change answers
@@ -24,7 +24,7 @@ CHECK_ROWS = 150
 
 def check_file_for(model_dir: Path, given: Path | None = None) -> tuple[Path | None, str]:
     """The questions a backend's agreement is measured on, and what they are."""
-    from uqa.inference_settings import EVAL_QUESTIONS_FILE
+    from uqa.model.settings import EVAL_QUESTIONS_FILE
 
     if given is not None:
         return Path(given), f"--check-questions {given}"
@@ -37,7 +37,7 @@ def check_file_for(model_dir: Path, given: Path | None = None) -> tuple[Path | N
 
 def check_questions(path: Path | None, n: int = CHECK_ROWS) -> list[tuple[str, str]]:
     """Held-out (question, context) pairs for the agreement check: [] when there is no such file."""
-    from uqa.predict import read_batch
+    from uqa.model.predict import read_batch
 
     if path is None or not Path(path).exists():
         return []
@@ -65,8 +65,8 @@ def _answer_all(predictor, pairs: list[tuple[str, str]]) -> list:
 def load_served(resolved: Resolved, backend: str = "torch", forward_tokens: int = 16384,
                 onnx_cache: Path | None = None, check_file: Path | None = None,
                 threads: int | None = None) -> ServedModel:
-    from uqa.inference_settings import weights_sha256
-    from uqa.predict import Predictor
+    from uqa.model.predict import Predictor
+    from uqa.model.settings import weights_sha256
 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from uqa.errors import UserError, first_line
-from uqa.git import git_run
-from uqa.redact import strip_url_credentials
+from uqa.ops.git import git_run
+from uqa.ops.redact import strip_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Resolved:
 @dataclass
 class ServedModel:
     resolved: Resolved
-    predictor: Any  # uqa.predict.Predictor (its .model possibly an ONNX Runtime session)
+    predictor: Any  # uqa.model.predict.Predictor (its .model possibly an ONNX Runtime session)
     backend: str
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
@@ -66,7 +66,7 @@ class ModelSource:
         self.stage: str | None = None
         self.version: str | None = None
         if self.fixed_path is None:
-            from uqa.registry import default_artifact
+            from uqa.registry.lookup import default_artifact
 
             if "@" in spec:
                 self.name, self.version = spec.split("@", 1)
@@ -82,7 +82,8 @@ class ModelSource:
         return self.stage is not None
 
     def resolve(self) -> Resolved:
-        from uqa.registry import Registry, resolve_model
+        from uqa.registry.lookup import resolve_model
+        from uqa.registry.store import Registry
 
         if self.fixed_path is not None:
             return Resolved(self.fixed_path, _version_of_dir(self.fixed_path))
@@ -100,7 +101,7 @@ class ModelSource:
         """Changes whenever the stage may have moved: the artifact's git tags and the index file."""
         if not self.follows:
             return ""
-        from uqa.registry import Registry
+        from uqa.registry.store import Registry
 
         registry = Registry(self.root, self.name)
         h = hashlib.sha256()

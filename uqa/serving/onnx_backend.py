@@ -40,7 +40,7 @@ def cache_root() -> Path:
 
 
 class OnnxQA:
-    """Called like the torch model by uqa.inference.window_logits: keyword tensors in, start/end logits out."""
+    """Called like the torch model by uqa.model.inference.window_logits: keyword tensors in, start/end logits out."""
 
     def __init__(self, path: Path, threads: int | None = None):
         ort = _require()

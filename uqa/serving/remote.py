@@ -4,7 +4,7 @@ The version comes from the project's git remote and its DVC remote, never from a
 - a clone of GIT_URL under the cache (`$UQA_SERVE_CACHE`, default `~/.cache/uqa/serve/`), updated
   with `git fetch --tags --force` (GTO's stage tags) and every branch, moved to the default branch;
 - GTO says which version is in the stage (`uqa-qa#prod#N` tags), as in the project itself;
-- the registry branch that `uqa run --push` publishes (uqa/publish.py) names the registry directory on
+- the registry branch that `uqa run --push` publishes (uqa/registry/publish.py) names the registry directory on
   the DVC remote (`registry.dvc`) and holds the index: DVC downloads `registry/<name>/<version>` at that
   commit (`dvc get`). A project that never published the branch is read at the default branch's
   dvc.lock instead (the register stage's output). DVC's `artifacts get` cannot be used: a GTO version
@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 from uqa.errors import UserError, first_line
-from uqa.git import git, git_run
-from uqa.redact import strip_url_credentials
+from uqa.ops.git import git, git_run
+from uqa.ops.redact import strip_url_credentials
 from uqa.serving.models import ModelRefused, Resolved
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class RemoteSource:
         _git("reset", "--quiet", "--hard", "origin/HEAD", cwd=self.clone)
 
     def resolve(self) -> Resolved:
-        from uqa.registry import Registry
+        from uqa.registry.store import Registry
 
         self.sync()
         version = self.version
@@ -105,7 +105,7 @@ class RemoteSource:
     def registry_rev(self) -> str:
         """The commit whose DVC records name the registry directory: the published registry branch's tip
         (`uqa run --push`), else the default branch (a project that committed its dvc.lock)."""
-        from uqa.publish import POINTER_FILE, remote_branch_ref
+        from uqa.registry.publish import POINTER_FILE, remote_branch_ref
 
         branch = remote_branch_ref("origin")
         if git_run(self.clone, "cat-file", "-e", f"{branch}:{POINTER_FILE}").returncode == 0:
@@ -115,7 +115,7 @@ class RemoteSource:
     def approved_record(self, version: str, rev: str) -> dict:
         """The version's index record, if the gate approved serving it here: promoted, when served as prod,
         and naming its weights (`ModelRefused` otherwise)."""
-        from uqa.registry import PROD
+        from uqa.registry.store import PROD
 
         index = self._index(rev)
         record = next((v for v in index.get("versions", []) if v.get("version") == version), None)
@@ -136,7 +136,7 @@ class RemoteSource:
         """The registry index the registry branch publishes, else registry/<name>/index.json at `rev`."""
         import json
 
-        from uqa.publish import remote_branch_ref
+        from uqa.registry.publish import remote_branch_ref
 
         r = git_run(self.clone, "cat-file", "blob", f"{remote_branch_ref('origin')}:{self.name}/index.json")
         if r.returncode != 0:
@@ -165,7 +165,7 @@ class RemoteSource:
     def download(self, version: str, rev: str, weights_sha256: str) -> Path:
         """registry/<name>/<version> from the DVC remote, once, kept only when its weights are the ones the
         gate registered (a finished, verified download is kept)."""
-        from uqa.inference_settings import weights_sha256 as sha_of
+        from uqa.model.settings import weights_sha256 as sha_of
 
         dest = self.cache / "models" / self.name / version
         if (dest / "config.json").exists() and sha_of(dest) == weights_sha256:

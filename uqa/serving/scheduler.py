@@ -66,7 +66,7 @@ class Job:
     """One request's windows, their logits as they are computed, and the future its request awaits."""
 
     served: Any  # uqa.serving.models.ServedModel: the version that tokenized it answers it
-    prepared: Any  # uqa.predict.Prepared
+    prepared: Any  # uqa.model.predict.Prepared
     finish: Callable[[Any, Any], Any]  # (prepared, logits) -> the request's result
     future: asyncio.Future
     deadline: float
@@ -254,8 +254,8 @@ class WindowScheduler:
 
     def _run_pass(self, taken: list[tuple[Job, np.ndarray]]) -> None:
         """One forward pass over the windows taken from several jobs (one model): logits into each job."""
-        from uqa.features import concat_windows
-        from uqa.inference import window_logits
+        from uqa.model.inference import window_logits
+        from uqa.text.windows import concat_windows
 
         served = taken[0][0].served
         predictor = served.predictor
@@ -273,7 +273,7 @@ class WindowScheduler:
                 row += 1
 
     def _finish(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        from uqa.inference import WindowLogits
+        from uqa.model.inference import WindowLogits
 
         try:
             result = job.finish(job.prepared, WindowLogits(job.start, job.end))

@@ -1,0 +1,75 @@
+"""What a model spec names: a path, a stage (`prod`), `NAME:STAGE`, `NAME@vX.Y.Z` or `vX.Y.Z`,
+resolved in a project's registry (one parser for every command and the server)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from uqa.errors import UserError
+from uqa.registry.store import Registry
+
+
+def resolve_model(spec: str, root: Path = Path("."), name: str | None = None) -> Path:
+    """A model directory from: a path; `prod` (or any stage); `<name>:<stage>`; `<name>@<version>`."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    artifact = name
+    stage = version = None
+    if "@" in spec:
+        artifact, version = spec.split("@", 1)
+    elif ":" in spec:
+        artifact, stage = spec.split(":", 1)
+    else:
+        stage = spec
+    if artifact is None:
+        artifact = default_artifact(root)
+    registry = Registry(root, artifact)
+    if stage is not None:
+        version = registry.stage_version(stage)
+        if version is None:
+            raise UserError(
+                f"no version of {artifact!r} is in stage {stage!r} in {Path(root).resolve()} "
+                f"(run the pipeline, or `uqa demo`, first; `uqa registry` lists versions)"
+            )
+    assert version is not None
+    directory = registry.version_dir(version)
+    if not (directory / "config.json").exists() or not any(directory.glob("*.safetensors")):
+        raise UserError(
+            f"{artifact}@{version} is registered but {directory} is not here: `dvc pull` restores the registry"
+        )
+    return directory
+
+
+def default_artifact(root: Path) -> str:
+    try:
+        from uqa.params.files import load_params
+        from uqa.params.schema import PARAMS_FILE
+
+        return load_params(Path(root) / PARAMS_FILE).register.name
+    except UserError:
+        return "uqa-qa"
+
+
+def version_of(spec: str, root: Path = Path("."), name: str | None = None) -> tuple[Registry, str]:
+    """The registry and version that `spec` names: `prod` (or any stage), `NAME:STAGE`, `NAME@vX.Y.Z`, `vX.Y.Z`."""
+    artifact, stage, version = name, None, None
+    if "@" in spec:
+        artifact, version = spec.split("@", 1)
+    elif ":" in spec:
+        artifact, stage = spec.split(":", 1)
+    elif re.fullmatch(r"v\d+\.\d+\.\d+", spec):
+        version = spec
+    else:
+        stage = spec
+    registry = Registry(root, artifact or default_artifact(root))
+    if stage is not None:
+        version = registry.stage_version(stage)
+        if version is None:
+            raise UserError(f"no version of {registry.name!r} is in stage {stage!r} in {Path(root).resolve()} "
+                            "(`uqa registry` lists versions and stages)")
+    if version is None or registry.record(version) is None:
+        known = ", ".join(v["version"] for v in registry.versions()) or "none"
+        raise UserError(f"{registry.name}@{version} is not in {registry.index_path} (versions: {known})")
+    return registry, version
