@@ -26,14 +26,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed
 
-from flows.pipeline import (
-    STAGE_TASKS,
-    TRIAL_CLONE_ENV,
-    notify_registration,
-    publish_registration,
-    run_log_bridge,
-    uqa_pipeline,
-)
+from flows.artifacts import notify_registration, publish_registration
+from flows.logbridge import run_log_bridge
+from flows.pipeline import TRIAL_CLONE_ENV, uqa_pipeline
+from flows.stages import STAGE_TASKS
 from tasks.chain import DATA_STAGES
 from uqa.errors import UserError
 from uqa.ops.git import GIT_REMOTE

@@ -211,7 +211,7 @@ def test_trial_job_variables_carry_no_credentials():
 def test_run_logs_carry_no_credentials(caplog):
     """Prefect's run loggers (the UI's Logs tab) and the bridge our modules log through both redact."""
     import flows.pipeline  # noqa: F401 - installs the filters
-    from flows.pipeline import _RunLogBridge
+    from flows.logbridge import _RunLogBridge
 
     caplog.set_level(logging.INFO)
     logging.getLogger("prefect.flow_runs").info("trials clone %s at abc", f"https://u:{TOKEN}@example.com/r.git")

@@ -232,7 +232,8 @@ def test_invalid_scheduling_settings_are_refused():
 
 
 def test_the_scheduler_is_uqa_schedule_and_serve_cron_points_to_it(capsys):
-    from uqa_cli.main import build_parser, cmd_schedule, main
+    from uqa_cli.main import build_parser, main
+    from uqa_cli.runs import cmd_schedule
 
     args = build_parser().parse_args(["schedule", "--cron", "0 3 * * 2", "--timezone", "UTC"])
     assert args.func is cmd_schedule and (args.cron, args.timezone, args.name) == ("0 3 * * 2", "UTC", "weekly-serve")

@@ -103,7 +103,16 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
                               "question-answering payload {inputs, parameters}.",
                   lifespan=lifespan)
     app.state.scheduler, app.state.holder, app.state.metrics = scheduler, holder, metrics
+    _add_error_handlers(app, settings)
+    _add_info_routes(app, holder, scheduler, metrics, settings)
+    _add_answer_routes(app, holder, scheduler, metrics, settings)
+    _install_openapi(app, holder, settings)
+    app.add_middleware(_GuardMiddleware, security=settings.security, metrics=metrics)
+    return app
 
+
+def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    """Every refusal a JSON error naming the field, never a traceback (a 500 goes to the log)."""
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
         return _error(exc.status, exc.message, exc.field, exc.headers)
@@ -136,6 +145,10 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
+
+def _add_info_routes(app: FastAPI, holder: ModelHolder, scheduler: WindowScheduler, metrics: ServerMetrics,
+                     settings: ServeSettings) -> None:
+    """/healthz and /readyz (open to a load balancer), /v1/model, /metrics."""
     @app.get("/healthz", summary="alive")
     async def healthz():
         return {"status": "ok"}
@@ -175,6 +188,10 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
         body, media_type = metrics.text(request.headers.get("accept", ""))
         return Response(body, media_type=media_type)
 
+
+def _add_answer_routes(app: FastAPI, holder: ModelHolder, scheduler: WindowScheduler, metrics: ServerMetrics,
+                       settings: ServeSettings) -> None:
+    """POST /v1/answer and POST /: ours and the Hugging Face protocol, answered in turn with the others."""
     answer_doc = {
         "summary": "answer one question or a list (ours), or the Hugging Face question-answering payload",
         "response_model": ANSWER_RESPONSE,
@@ -215,6 +232,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
     app.add_api_route("/v1/answer", answer_route, methods=["POST"], **answer_doc)
     app.add_api_route("/", answer_route, methods=["POST"], name="answer_root", **answer_doc)
 
+
+def _install_openapi(app: FastAPI, holder: ModelHolder, settings: ServeSettings) -> None:
+    """/openapi.json as the served version's contract (redone after a swap)."""
     documented: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:  # the served version's windows are part of the contract: redone on a swap
@@ -226,8 +246,6 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(_GuardMiddleware, security=settings.security, metrics=metrics)
-    return app
 
 
 class _GuardMiddleware:
