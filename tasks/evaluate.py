@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = layout.MODEL_DIR
 FEATURES = layout.TOKENIZED_DIR / "validation"
-EXAMPLES = layout.FILTERED_DIR / "validation"
+EXAMPLES = layout.VALIDATION_EXAMPLES
 METRICS_FILE = layout.METRICS_FILE
 PREDICTIONS = layout.PREDICTIONS
 ERRORS = layout.ERRORS

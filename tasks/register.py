@@ -14,7 +14,6 @@ same weights retries a push that is not recorded as done (the registration itsel
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,7 +22,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks.rescore import prod_rescorer
 from uqa import layout
 from uqa.errors import DataError, UserError
 from uqa.model.settings import EVAL_QUESTIONS_FILE, INFERENCE_FILE, registry_settings, weights_sha256
@@ -31,6 +29,7 @@ from uqa.ops.atomic import atomic_dir, atomic_write_json
 from uqa.ops.jsonfile import read_json
 from uqa.params.schema import PARAMS_FILE, Params
 from uqa.registry import lineage, retention
+from uqa.registry.evalset import prod_rescorer, write_eval_questions
 from uqa.registry.gate import decide, regate_pending, require_metrics_of, verify_pending_version
 from uqa.registry.hub_push import hub_done, push_and_record
 from uqa.registry.model_card import model_card
@@ -43,7 +42,7 @@ METRICS_FILE = layout.METRICS_FILE
 DOWNLOAD_REPORT = layout.report("download")
 TRAIN_REPORT = layout.report("train")
 REPORT = layout.report("register")
-EXAMPLES = layout.FILTERED_DIR / "validation"  # the evaluation set, which the version records a sample of
+EXAMPLES = layout.VALIDATION_EXAMPLES  # the evaluation set, which the version records a sample of
 MODEL_FILES_SKIP = {"training_args.bin"}  # pickled Python objects do not belong in a shipped model
 
 
@@ -72,7 +71,7 @@ def _tag(registry: Registry, entry: dict[str, Any]) -> None:
     version = entry["version"]
     vdir = registry.version_dir(version)
     if version not in registry.gto_versions():
-        files = {f"{registry.name}/{version}/{n}": vdir / n for n in ("README.md", "registration.json")}
+        files = {f"{registry.name}/{version}/{n}": vdir / n for n in ("README.md", layout.REGISTRATION_FILE)}
         missing = [str(f) for f in files.values() if not f.exists()]
         if missing:
             raise RegistryInconsistent(
@@ -126,8 +125,8 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
     if latest and latest.get("weights_sha256") == digest:
         report = _already_registered(registry, index, latest, cfg, prod)
     else:
-        promote, reason = promotion_decision(f1, cfg.min_f1, prod, prod_record, metrics,
-                                             prod_rescorer(registry, prod, params, metrics, run_dir, root))
+        promote, reason = decide(f1, cfg.min_f1, prod, prod_record, metrics,  # the gate: uqa/registry/gate.py
+                                 prod_rescorer(registry, prod, params, metrics, run_dir, root))
         # never a number in use: not one in the index, in GTO's tags, or a directory in the store
         version = next_version([v["version"] for v in index["versions"]] + registry.gto_versions()
                                + registry.version_dirs())
@@ -171,12 +170,6 @@ def _already_registered(registry: Registry, index: dict[str, Any], latest: dict[
             "reason": reason, "prod_version": prod, "path": str(registry.version_dir(version)), "hub_url": hub_url}
 
 
-def promotion_decision(f1: float, min_f1: float, prod: str | None, prod_record: dict[str, Any] | None,
-                       metrics: dict[str, Any] | None = None, rescore=None) -> tuple[bool, str]:
-    """The gate (uqa/registry/gate.py): at least register.min_f1, and no worse than prod measured like with like."""
-    return decide(f1, min_f1, prod, prod_record, metrics, rescore)
-
-
 RECORD_METRICS = ("exact_match", "f1", "urdu_exact_match", "urdu_f1", "n_questions", "mode", "no_answer_threshold",
                   "eval_set", "tuning")  # eval_set, mode and tuning.tune_fraction: what the F1 is comparable with
 
@@ -208,29 +201,7 @@ def _write_version(registry: Registry, version: str, model_dir: Path, metrics: d
         # a new file, renamed into place, so the hard-linked models/final/uqa_inference.json is untouched
         atomic_write_json(tmp / INFERENCE_FILE, registry_settings(model_dir, metrics, digest))
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        atomic_write_json(tmp / "registration.json", record)
-
-
-EVAL_QUESTIONS = 200  # recorded per version: enough to see a backend change answers, small beside the weights
-
-
-def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS) -> int:
-    """Up to `n` of the evaluation's questions (one row per id, spread by a hash of the id) as jsonl; 0 when
-    the evaluation set is not here (a registration never fails for lack of them)."""
-    import datasets
-
-    try:
-        frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
-    except (OSError, ValueError) as exc:  # absent or not a dataset: the version records none
-        log.warning("register: %s cannot be read (%s): the version records no evaluation questions", examples_dir,
-                    str(exc).splitlines()[0][:200])
-        return 0
-    frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
-    rows = frame.sort_values("_key").head(n)
-    with open(dest, "w", encoding="utf-8") as f:
-        for r in rows.itertuples():
-            f.write(json.dumps({"id": str(r.id), "question": r.question, "context": r.context}, ensure_ascii=False) + "\n")
-    return len(rows)
+        atomic_write_json(tmp / layout.REGISTRATION_FILE, record)
 
 
 def _index_tag_and_push(registry: Registry, index: dict[str, Any], record: dict[str, Any], cfg) -> str | None:

@@ -242,7 +242,7 @@ def test_prod_is_rescored_on_the_challengers_validation_set(tmp_path):
     import datasets
     import pandas as pd
 
-    from tasks.rescore import model_f1_on
+    from uqa.registry.evalset import model_f1_on
 
     _tiny_qa_model(tmp_path / "models" / "final", 1)
     _metrics(tmp_path, 99.0, eval_set="old-set")

@@ -201,3 +201,64 @@ def test_words_cut_before_the_tokenizer_is_known_keep_added_tokens_whole(monkeyp
     final = cutter.cut(texts, cutter.words(texts))
     assert _piece_texts(final, len(texts)) == _piece_texts(known, len(texts))
 
+
+
+def test_the_prepend_table_covers_this_pythons_unicode():
+    """unicodedata has no grapheme property, so the Prepend letters are a table taken from one Unicode
+    version: this Python's Unicode must not be newer (a new Prepend letter would be cut after), and each
+    letter is, here, a letter or not assigned yet."""
+    import unicodedata
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split("."))
+
+    assert version(unicodedata.unidata_version) <= version(segments.PREPEND_UNICODE), (
+        f"Python's Unicode {unicodedata.unidata_version} is newer than the PREPEND table's "
+        f"{segments.PREPEND_UNICODE}: read GraphemeBreakProperty.txt of {unicodedata.unidata_version} again")
+    assert {unicodedata.category(ch) for ch in segments.PREPEND} <= {"Lo", "Cn"}
+
+
+def test_word_cuts_switch_off_with_the_same_tokens(monkeypatch):
+    """UQA_WORD_CUTS=0: nothing is cut (every text whole), and the encoding is the one the cuts give."""
+    tok = _trained(normalizers.NFKC(), pre_tokenizers.WhitespaceSplit(), EDGE_TEXTS * 3)
+    texts = [f"{t} {i}۔ جملہ {i}" for i in range(20) for t in EDGE_TEXTS[:2]]
+    backend = prepare_backend(tok)
+    monkeypatch.setattr(segments, "MIN_TEXTS", 1)
+    [cut] = encode_stream(backend, PairTemplate.of(backend), [(["سوال"] * len(texts), texts)])
+    calls = []
+    monkeypatch.setattr(segments, "word_cuts", lambda texts: calls.append(len(texts)))
+    for off in ("0", "false"):
+        monkeypatch.setenv("UQA_WORD_CUTS", off)
+        [whole] = encode_stream(backend, PairTemplate.of(backend), [(["سوال"] * len(texts), texts)])
+        assert calls == []  # never cut
+        for field in ("ids", "offsets", "splits"):
+            assert np.array_equal(getattr(cut.contexts, field), getattr(whole.contexts, field)), field
+
+
+@needs_shared
+def test_the_tokenize_stage_writes_the_same_outputs_without_word_cuts(tmp_path):
+    """`UQA_WORD_CUTS=0 dvc repro -f tokenize` on 2,000 real UQA rows: the same DVC hashes as with the cuts."""
+    import sys
+
+    import yaml
+    from conftest import make_project, run_ok
+
+    rows = pd.read_parquet(UQA_DIR / "train.parquet").iloc[:2000]
+    rows.iloc[:1800].to_parquet(tmp_path / "train.parquet")
+    rows.iloc[1800:].to_parquet(tmp_path / "validation.parquet")
+    root = make_project(tmp_path / "project", {
+        "data": {"source": {s: str(tmp_path / f"{s}.parquet") for s in ("train", "validation")}},
+        "model": {"name": str(URDU_TOKENIZER), "tokenizer": str(URDU_TOKENIZER)}})
+
+    def tokenize_outputs(**env) -> tuple[dict[str, str], dict]:
+        import os
+
+        run_ok([sys.executable, "-m", "dvc", "repro", "-f", "tokenize"], root, env=dict(os.environ, **env))
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["tokenize"]
+        report = json.loads((root / "reports" / "tokenize.json").read_text())
+        report.pop("seconds")  # how long each step took: the one thing two runs never share
+        return {o["path"]: o["md5"] for o in lock["outs"] if o["path"].startswith("data/")}, report
+
+    with_cuts = tokenize_outputs()
+    without = tokenize_outputs(UQA_WORD_CUTS="0")
+    assert with_cuts == without and len(with_cuts[0]) == 3  # train, validation and the tokenizer, byte for byte

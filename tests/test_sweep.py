@@ -121,10 +121,10 @@ def _prod_f1_in_squad2_mode(project: Path, tmp_path: Path) -> float:
     """prod's F1 on the SQuAD2-mode validation set, computed here from the data and the stage code."""
     from tasks.download import download
     from tasks.filter import filter_rows
-    from tasks.rescore import model_f1_on
     from uqa.params.files import load_params
     from uqa.params.overrides import deep_merge
     from uqa.params.validation import params_from_dict
+    from uqa.registry.evalset import model_f1_on
     from uqa.registry.store import Registry
     from uqa.workspace.dvc_ops import working_dir
 

@@ -23,6 +23,8 @@ METRICS_FILE = Path("metrics/eval.json")  # evaluate: the headline numbers and t
 PREDICTIONS = Path("reports/predictions.parquet")
 ERRORS = Path("reports/errors.md")
 REGISTRY_DIR = Path("registry")  # register: every registered version
+REGISTRATION_FILE = "registration.json"  # in each version's directory: its record (metrics, promotion, lineage)
+VALIDATION_EXAMPLES = FILTERED_DIR / "validation"  # what evaluate scores, prod is re-scored on, register samples
 
 
 def report(stage: str) -> Path:

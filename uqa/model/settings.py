@@ -61,7 +61,7 @@ def window_settings(params, data_dir: Path = layout.TOKENIZED_DIR,
             max_len = max(
                 int(pc.max(pc.list_value_length(datasets.load_from_disk(str(Path(data_dir) / s)).data.table
                                                 .column("input_ids"))).as_py() or 0)
-                for s in ("train", "validation"))
+                for s in layout.SPLITS)
     if not isinstance(stride, int) or isinstance(stride, bool):
         stride = params.tokenize.stride
     return {"max_seq_length": int(max_len), "stride": int(stride)}
@@ -140,11 +140,11 @@ def resolve_settings(model_dir: str | Path, explicit: dict[str, Any] | None = No
             log.warning("%s did not score the weights in %s (retrained since? run `dvc repro evaluate`): "
                         "its inference settings are not used", eval_path, model_dir)
     if "no_answer_threshold" not in settings:
-        registration = read_json(model_dir / "registration.json")
+        registration = read_json(model_dir / layout.REGISTRATION_FILE)
         metrics = registration.get("metrics") if isinstance(registration.get("metrics"), dict) else {}
         if "no_answer_threshold" in metrics:  # a version registered before uqa_inference.json existed
             settings["no_answer_threshold"] = metrics["no_answer_threshold"]
-            source["no_answer_threshold"] = str(model_dir / "registration.json")
+            source["no_answer_threshold"] = str(model_dir / layout.REGISTRATION_FILE)
     if own is None:
         log.warning("%s has no %s (not written by this pipeline's train stage): windowing with the defaults "
                     "(max_seq_length %d, stride %d), which may differ from how the model was trained",

@@ -151,6 +151,8 @@ class EvaluateParams:
         "all of validation (the reported F1 is then optimistic)", ge=0, lt=1)] = 0.0
 
 
+DEFAULT_NAME = "uqa-qa"  # the registered model's name unless params.yaml says otherwise
+
 # GTO's artifact name rule (gto.constants.name_re): the name is a directory under registry/ and part of git tags
 GTO_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-/_]*[a-zA-Z0-9])?")
 
@@ -158,7 +160,7 @@ GTO_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-/_]*[a-zA-Z0-9])?")
 @dataclass(frozen=True, config=_CONFIG)
 class RegisterParams:
     name: Annotated[Str, _doc("the registered model's name (GTO's rule: letters, digits, -, _ and /, starting and "
-                              "ending with a letter or digit)", min_length=1)] = "uqa-qa"
+                              "ending with a letter or digit)", min_length=1)] = DEFAULT_NAME
     min_f1: Annotated[Float, _doc("promotion gate: the F1 (0-100) a model needs", ge=0, le=100)] = 0.0
     push_to_hub: Annotated[Bool, _doc("seed's push_to_hub; needs HF_TOKEN")] = False
     hub_repo_id: Annotated[Str | None, _doc("e.g. your-name/xlm-roberta-base-uqa")] = None

@@ -1,4 +1,7 @@
-"""Score a registered model (prod) on this run's evaluation, the way evaluate scored the challenger.
+"""The evaluation set a version was scored on: prod re-scored on the challenger's (like with like), and
+the sample of it each version records (eval_questions.jsonl: what `uqa serve --backend onnx` checks).
+
+Prod is scored on this run's evaluation the way evaluate scored the challenger.
 
 The promotion gate (uqa/registry/gate.py) compares like with like: when prod's recorded F1 was measured on
 another validation set, mode or tune_fraction, prod is scored again here on the challenger's
@@ -10,13 +13,16 @@ tokenizer (its uqa_inference.json), and the gate compares with that F1.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from tasks.evaluate import EXAMPLES, references_by_id, score_predictions
+from uqa import layout
 from uqa.errors import DataError
+from uqa.evaluation.scoring import references_by_id, score_predictions
 from uqa.params.schema import Params
 from uqa.registry.store import Registry
 
@@ -33,7 +39,8 @@ def validation_examples(*dirs: Path, eval_set: dict | None = None) -> tuple[Path
 
     wanted = (eval_set or {}).get("sha256")
     seen = []
-    for path in dict.fromkeys((Path(d) / EXAMPLES).resolve() for d in dirs):  # the run's is often the project's
+    # the run's set, then the project's (often the same directory)
+    for path in dict.fromkeys((Path(d) / layout.VALIDATION_EXAMPLES).resolve() for d in dirs):
         if not path.is_dir():
             continue
         examples = datasets.load_from_disk(str(path)).to_pandas()
@@ -42,7 +49,8 @@ def validation_examples(*dirs: Path, eval_set: dict | None = None) -> tuple[Path
             return path, examples
         seen.append(f"{path} ({found['rows']} rows, eval_set {found['sha256'][:12]})")
     if not seen:
-        raise DataError(f"{Path(dirs[0]) / EXAMPLES} is missing, and prod must be re-scored on this run's validation "
+        raise DataError(f"{Path(dirs[0]) / layout.VALIDATION_EXAMPLES} is missing, and prod must be re-scored on this "
+                        "run's validation "
                         "set to compare like with like: rerun the filter stage (dvc repro filter), then register")
     recorded = f"{wanted[:12]} ({(eval_set or {}).get('rows')} rows)" if wanted else "not recorded"
     raise DataError(f"prod must be re-scored on the set the challenger was scored on (eval_set {recorded}), and "
@@ -86,3 +94,25 @@ def prod_rescorer(registry: Registry, prod: str | None, params: Params, metrics:
         return model_f1_on(registry.version_dir(prod), examples_dir, params, squad2=metrics.get("mode") == "squad2",
                            examples=examples)
     return rescore
+
+
+EVAL_QUESTIONS = 200  # recorded per version: enough to see a backend change answers, small beside the weights
+
+
+def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS) -> int:
+    """Up to `n` of the evaluation's questions (one row per id, spread by a hash of the id) as jsonl; 0 when
+    the evaluation set is not here (a registration never fails for lack of them)."""
+    import datasets
+
+    try:
+        frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
+    except (OSError, ValueError) as exc:  # absent or not a dataset: the version records none
+        log.warning("register: %s cannot be read (%s): the version records no evaluation questions", examples_dir,
+                    str(exc).splitlines()[0][:200])
+        return 0
+    frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
+    rows = frame.sort_values("_key").head(n)
+    with open(dest, "w", encoding="utf-8") as f:
+        for r in rows.itertuples():
+            f.write(json.dumps({"id": str(r.id), "question": r.question, "context": r.context}, ensure_ascii=False) + "\n")
+    return len(rows)

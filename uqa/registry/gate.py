@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.errors import DataError
 from uqa.registry.store import PROD, RegistryInconsistent
 
@@ -104,7 +105,7 @@ def verify_pending_version(registry: Any, entry: dict[str, Any]) -> None:
     vdir = registry.version_dir(version)
     repair = (f"restore the registry (`dvc pull registry`), or remove {version}'s record from {registry.index_path} "
               f"and its directory, and run again")
-    missing = [n for n in ("config.json", "README.md", "registration.json") if not (vdir / n).is_file()]
+    missing = [n for n in ("config.json", "README.md", layout.REGISTRATION_FILE) if not (vdir / n).is_file()]
     if not any(vdir.glob("*.safetensors")):
         missing.append("*.safetensors weights")
     if missing:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uqa import layout
 from uqa.errors import UserError, first_line
 from uqa.ops.git import git_run
 from uqa.ops.redact import strip_url_credentials
@@ -66,15 +67,10 @@ class ModelSource:
         self.stage: str | None = None
         self.version: str | None = None
         if self.fixed_path is None:
-            from uqa.registry.lookup import default_artifact
+            from uqa.registry.lookup import default_artifact, parse_spec
 
-            if "@" in spec:
-                self.name, self.version = spec.split("@", 1)
-            elif ":" in spec:
-                self.name, self.stage = spec.split(":", 1)
-            else:
-                self.stage = spec
-            self.name = self.name or default_artifact(self.root)
+            parsed = parse_spec(spec)
+            self.name, self.stage, self.version = parsed.name or default_artifact(self.root), parsed.stage, parsed.version
 
     @property
     def follows(self) -> bool:
@@ -122,7 +118,7 @@ def registration_of(path: Path) -> dict[str, Any]:
     import json
 
     try:
-        data = json.loads((Path(path) / "registration.json").read_text(encoding="utf-8"))
+        data = json.loads((Path(path) / layout.REGISTRATION_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,16 +48,11 @@ class RemoteSource:
     """--model NAME:STAGE (or NAME@vX.Y.Z, or a stage) of the project at `url`."""
 
     def __init__(self, spec: str, url: str, cache: Path | None = None):
-        if "@" in spec:
-            self.name, self.version, self.stage = *spec.split("@", 1), None
-        elif ":" in spec:
-            self.name, self.stage = spec.split(":", 1)
-            self.version = None
-        else:
-            self.name, self.stage, self.version = "uqa-qa", spec, None
-        for part in (self.name, self.stage or "", self.version or ""):
-            if not re.fullmatch(r"[A-Za-z0-9._-]*", part):
-                raise UserError(f"--model {spec!r}: a name, stage or version may hold only letters, digits, . _ -")
+        from uqa.params.schema import DEFAULT_NAME
+        from uqa.registry.lookup import parse_spec
+
+        parsed = parse_spec(spec)  # no project here to read register.name from: the default name
+        self.name, self.stage, self.version = parsed.name or DEFAULT_NAME, parsed.stage, parsed.version
         self.spec, self.url = spec, url
         self.cache = Path(cache or cache_root())
         self.clone = self.cache / "repos" / hashlib.sha256(url.encode()).hexdigest()[:16]

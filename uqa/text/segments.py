@@ -19,17 +19,22 @@ module checks from the tokenizer's own definition:
   text that contains one is not cut.
 
 XLM-R's tokenizer as transformers loads it (Precompiled; WhitespaceSplit, Metaspace) and BERT's
-qualify. Any other tokenizer gets its texts whole. On top of that the first texts of each call are
-tokenized both ways and must agree, ids and offsets, or nothing is cut (a warning says so): a
-tokenizer this reasoning misjudges costs speed, never a token. The cutting itself works on the
-texts' UTF-8 bytes with numpy and Arrow (a chunk of contexts holds millions of words, too many for
-a Python loop).
+qualify. Any other tokenizer gets its texts whole. What is checked at run time is narrower than the
+rules above: the first CHECK_TEXTS (32) cut texts of each call are also tokenized whole and must
+agree, ids and offsets, or nothing is cut (a warning says so); the texts after them are trusted to
+the rules. The rules were checked on more: every text of UQA train, contexts and questions, gives
+the whole-text tokens (tests/test_segments.py on 3,000 real rows and on edge texts for four
+tokenizer families; benchmarks/tokenize_scaling.py on all of it). `UQA_WORD_CUTS=0` switches the
+cuts off: every text is tokenized whole, with the same outputs (the tokenize stage's DVC hashes do not
+change), only slower. The cutting itself works on the texts' UTF-8 bytes with numpy and Arrow (a chunk
+of contexts holds millions of words, too many for a Python loop).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +43,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# letters with Grapheme_Cluster_Break=Prepend (Unicode 16): they join the space after them (the
-# other Prepend characters are format characters, category Cf, excluded by category)
+# letters with Grapheme_Cluster_Break=Prepend in Unicode PREPEND_UNICODE (GraphemeBreakProperty.txt): they
+# join the space after them (the other Prepend characters are format characters, category Cf, excluded by
+# category). unicodedata has no grapheme property, so the table is written out; tests/test_segments.py fails
+# when Python's Unicode is newer than the table's, to have it read again.
+PREPEND_UNICODE = "16.0.0"
 PREPEND = frozenset("\u0d4e\U000111c2\U000111c3\U0001193f\U00011941\U00011a3a\U00011a84\U00011a85\U00011a86"
                     "\U00011a87\U00011a88\U00011a89\U00011d46\U00011f02\U000113d1")
 CUT_BEFORE = frozenset({"Lu", "Ll", "Lt", "Lo", "Nd"})  # not marks, modifiers or format characters
@@ -275,6 +283,14 @@ def agrees_with_whole(backend, texts: list[str], cuts: Cuts) -> bool:
     return True
 
 
+WORD_CUTS_ENV = "UQA_WORD_CUTS"
+
+
+def word_cuts_enabled() -> bool:
+    """False when UQA_WORD_CUTS is 0 (or false, no, off): every text is then tokenized whole."""
+    return os.environ.get(WORD_CUTS_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 class Cutter:
     """cut_texts for one call's chunks with one tokenizer: decided on the first list of at least
     MIN_TEXTS texts (the tokenizer's definition, then the first cut texts tokenized both ways), kept
@@ -287,7 +303,7 @@ class Cutter:
     def __init__(self, backend=None) -> None:
         self.backend = backend
         self.added: list[str] | None = None  # the added tokens' contents, once the tokenizer qualifies
-        self.decided = False
+        self.decided = not word_cuts_enabled()  # switched off: decided already, nothing is cut
 
     @property
     def may_cut(self) -> bool:
