@@ -85,15 +85,6 @@ def _pipelined(backend: Tokenizer, items: Iterator[tuple[str, Any]]) -> Iterator
                 yield tag, payload
 
 
-def _tokenize_texts(backend: Tokenizer, texts: list[str], with_offsets: bool = True) -> _Texts:
-    """Chunks of texts through the tokenizer; the next chunk is encoded (in Rust, without the GIL)
-    while this one is copied into numpy."""
-    builder = _TextsBuilder(with_offsets)
-    for _, encodings in _pipelined(backend, (("t", list(texts[a : a + CHUNK])) for a in range(0, len(texts), CHUNK))):
-        builder.add(encodings)
-    return builder.build()
-
-
 def prepare_backend(tokenizer: Tokenizer) -> Tokenizer:
     """A copy of the tokenizer that neither pads nor truncates (what `encode_prepared` needs)."""
     backend = copy.deepcopy(tokenizer)
