@@ -108,3 +108,24 @@ def test_the_checker_sees_a_package_imported_as_a_module(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from uqa.registry import gate\n    import uqa.serving.app\n")
     assert _uqa_imports(f) == {"uqa.registry.gate", "uqa.serving.app"}
+
+
+PRODUCT = ("uqa", "tasks", "flows", "uqa_cli")
+MAX_MODULES_PER_FOLDER, MAX_MODULE_LINES, MAX_FUNCTION_LINES = 15, 400, 80
+
+
+def test_folders_modules_and_functions_stay_small_enough_to_read():
+    """A newcomer reads a folder, a module and a function in one sitting: at most 15 modules a folder,
+    400 lines a module, 80 lines a function (decorators included), in the product code."""
+    files = [p for layer in PRODUCT for p in (REPO / layer).rglob("*.py")]
+    crowded = {str(d.relative_to(REPO)): n for d in {p.parent for p in files}
+               if (n := len(list(d.glob("*.py")))) > MAX_MODULES_PER_FOLDER}
+    long_modules = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    long_functions = {}
+    for p in files:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([d.lineno for d in node.decorator_list], default=node.lineno)
+                if (n := node.end_lineno - first + 1) > MAX_FUNCTION_LINES:
+                    long_functions[f"{p.relative_to(REPO)}:{node.name}"] = n
+    assert (crowded, long_modules, long_functions) == ({}, {}, {})
