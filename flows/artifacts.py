@@ -60,6 +60,35 @@ def _filter_artifact(root: Path, ran_now: bool = True) -> None:
     create_markdown_artifact("\n".join(lines), key="uqa-filter-report", description="Rows dropped by reason")
 
 
+def epochs_markdown(report: dict[str, Any]) -> str:
+    """Each evaluation of the training (EM/F1 scored as the evaluate stage scores, and the loss), the
+    kept checkpoint marked."""
+    history = report.get("eval_history") or []
+    best = report.get("best_checkpoint") or ""
+    best_metric = report.get("best_metric")
+    shown = f"{best_metric:.4g}" if isinstance(best_metric, (int, float)) else "none"
+    lines = ["# Validation at every epoch", "",
+             f"The checkpoint kept is the best by **{report.get('metric_for_best_model')}** ({shown}).", "",
+             "| epoch | step | exact | F1 | loss | kept |", "|---:|---:|---:|---:|---:|:---:|"]
+
+    def number(value: Any, digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    for h in history:
+        kept = "✓" if best.rstrip("/").endswith(f"checkpoint-{h.get('step')}") else ""
+        lines.append(f"| {h.get('epoch', 0):g} | {h.get('step')} | {number(h.get('eval_exact'), 2)} | "
+                     f"{number(h.get('eval_f1'), 2)} | {number(h.get('eval_loss'), 4)} | {kept} |")
+    if not history:
+        lines.append("| | | | | | no evaluation ran |")
+    return "\n".join(lines)
+
+
+def _train_artifact(root: Path, ran_now: bool = True) -> None:
+    report = read_json(root / layout.report("train"))
+    create_markdown_artifact(epochs_markdown(report), key="uqa-train-epochs",
+                             description="Validation EM/F1 at every epoch; the kept checkpoint")
+
+
 def metrics_markdown(metrics: dict[str, Any]) -> str:
     rows = [("exact match", "exact_match", "urdu_exact_match"), ("F1", "f1", "urdu_f1")]
     lines = ["# Evaluation metrics", "", "| metric | official SQuAD v2 | Urdu-normalized |", "|---|---:|---:|"]

@@ -20,6 +20,7 @@ from flows.artifacts import (
     _register_artifact,
     _register_artifact_unannounced,
     _source_artifact,
+    _train_artifact,
 )
 from tasks.chain import BY_NAME, STAGES, stage_name
 from uqa.errors import TransientError, UserError
@@ -151,7 +152,7 @@ def train_task(root: str, pull: bool = False) -> Any:
     reporter = ArtifactProgress()
     token = progress_reporter.set(reporter)
     try:
-        return run_stage("train", root, pull=pull)
+        return run_and_publish("train", root, _train_artifact, pull=pull)
     finally:
         progress_reporter.reset(token)
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from uqa import layout
 from uqa.errors import UserError
-from uqa.evaluation.scoring import references_by_id, score_predictions
+from uqa.evaluation.answers import score_logits
 from uqa.model.settings import INFERENCE_FILE, inference_record
 from uqa.ops.atomic import atomic_file, atomic_write_json, atomic_write_text
 from uqa.ops.jsonfile import read_json
@@ -40,14 +40,12 @@ PREDICTIONS = layout.PREDICTIONS
 ERRORS = layout.ERRORS
 
 
-def predict_spans(params: Params, model_dir: Path, features_dir: Path, examples: pd.DataFrame):
-    """The model's best span for every question of the validation windows: (one row per question id
-    with its span and no-answer margin, the windows, the device, seconds of inference)."""
+def predict_logits(params: Params, model_dir: Path, features_dir: Path):
+    """The model's logits on every validation window: (the logits, the windows, the device, seconds)."""
     import datasets
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from uqa.model.inference import pick_device, spans_for_windows, window_logits
-    from uqa.model.postprocess import no_answer_margin
+    from uqa.model.inference import pick_device, window_logits
     from uqa.text.windows import windows_from_table
 
     device = pick_device()
@@ -57,34 +55,7 @@ def predict_spans(params: Params, model_dir: Path, features_dir: Path, examples:
     started = time.time()
     logits = window_logits(model, windows, tokenizer.pad_token_id, params.train.eval_batch_size,
                            params.train.precision, device, progress="evaluate")
-    inference_s = time.time() - started
-    spans = spans_for_windows(logits, windows, params.evaluate.n_best, params.evaluate.max_answer_length)
-    rows = examples.iloc[spans.example]
-    frame = pd.DataFrame({
-        "id": rows["id"].to_numpy(),
-        "question": rows["question"].to_numpy(),
-        "example_row": spans.example,
-        "span_text": spans.texts(examples["context"].tolist()),  # also trims whitespace off the offsets
-        "answer_start_char": spans.char_start,
-        "answer_end_char": spans.char_end,
-        "score": spans.score,
-        "probability": spans.probability,
-        "no_answer_margin": no_answer_margin(spans),
-        "context_length": rows["context"].str.len().to_numpy(),
-    })
-    return frame, windows, device, inference_s
-
-
-def check_every_question_scored(frame: pd.DataFrame, references: dict[str, list[str]], features_dir: Path,
-                                examples_dir: Path) -> None:
-    """A silently smaller validation set is no honest number: every question id needs windows."""
-    scored = set(frame["id"])
-    unscored = [q for q in references if q not in scored]
-    if unscored:
-        shown = ", ".join(repr(q) for q in unscored[:5])
-        raise UserError(f"{features_dir} has no windows for {len(unscored)} of the {len(references)} question ids "
-                        f"in {examples_dir} (e.g. {shown}): the features are from other data; rerun the tokenize "
-                        "stage (dvc repro tokenize)")
+    return logits, windows, device, time.time() - started
 
 
 def write_outputs(frame: pd.DataFrame, metrics: dict[str, Any]) -> None:
@@ -108,16 +79,13 @@ def evaluate(params: Params, model_dir: Path = MODEL_DIR, features_dir: Path = F
     if not Path(model_dir).exists():
         raise UserError(f"{model_dir} is missing: run the train stage first (dvc repro train)")
     examples = datasets.load_from_disk(str(examples_dir)).to_pandas()
-    frame, windows, device, inference_s = predict_spans(params, Path(model_dir), Path(features_dir), examples)
-    references = references_by_id(examples)
-    check_every_question_scored(frame, references, features_dir, examples_dir)
-
+    logits, windows, device, inference_s = predict_logits(params, Path(model_dir), Path(features_dir))
     squad2 = params.data.keep_unanswerable
-    margins = dict(zip(frame["id"], frame["no_answer_margin"], strict=True)) if squad2 else None
     selected_by = read_json(Path(model_dir) / INFERENCE_FILE).get(
         "checkpoint_selected_by", params.train.metric_for_best_model)
-    frame, metrics = score_predictions(frame, references, margins, params.evaluate.no_answer_threshold,
-                                       params.evaluate.tune_fraction, selected_by)
+    # the same scoring the trainer ran at every epoch (uqa/evaluation/answers.py)
+    frame, metrics = score_logits(logits, windows, examples, params.evaluate, squad2, selected_by,
+                                  sources=(features_dir, examples_dir))
     metrics.update(
         mode="squad2" if squad2 else "answerable-only",
         eval_set=eval_set_fingerprint(examples),  # which questions: the promotion gate compares like with like

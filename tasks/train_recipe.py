@@ -1,13 +1,16 @@
 """The training recipe: what runs in each training process (`python -m tasks.train_recipe`, or one
 per device under `accelerate launch`; tasks/train.py starts and supervises it).
 
-inputs:  data/tokenized/{train,validation,tokenizer}; the params (as JSON in $UQA_TRAIN_PARAMS_JSON
-         from the supervisor, else --params)
+inputs:  data/tokenized/{train,validation,tokenizer}, data/filtered/validation (the questions each
+         epoch's EM/F1 is scored on); the params (as JSON in $UQA_TRAIN_PARAMS_JSON from the
+         supervisor, else --params)
 outputs: models/final (best checkpoint, tokenizer, uqa_inference.json), dvclive/, reports/train.json;
          models/checkpoints (resumable, not a DVC output)
 
 Steps: resume point (the newest complete checkpoint of the same params and data) -> callbacks
-(DVCLive, failpoints, progress lines) -> Trainer.train -> the best model saved atomically -> report.
+(DVCLive, failpoints, progress lines) -> Trainer.train, scoring EM/F1 at every epoch with the evaluate
+stage's code (best checkpoint: train.metric_for_best_model, f1 by default) -> the best model saved
+atomically -> report.
 """
 
 from __future__ import annotations
@@ -40,9 +43,28 @@ log = logging.getLogger("tasks.train")
 
 CHECKPOINT_DIR = layout.CHECKPOINT_DIR
 FINAL_DIR = layout.MODEL_DIR
+VALIDATION_FEATURES = layout.TOKENIZED_DIR / "validation"
+VALIDATION_EXAMPLES = layout.VALIDATION_EXAMPLES
 LIVE_DIR = layout.LIVE_DIR
 REPORT = layout.report("train")
 PARAMS_ENV = "UQA_TRAIN_PARAMS_JSON"  # set by tasks/train.py: the params to train with
+
+
+def epoch_metrics(params: Params):
+    """compute_metrics for the Trainer: each evaluation's EM/F1 on the validation questions, scored
+    as the evaluate stage scores them (uqa/evaluation/answers.py)."""
+    import datasets
+
+    from uqa.errors import UserError
+    from uqa.evaluation.answers import epoch_metrics as scorer
+    from uqa.text.windows import windows_from_table
+
+    if not VALIDATION_EXAMPLES.exists():
+        raise UserError(f"{VALIDATION_EXAMPLES} is missing: run the filter stage first (dvc repro filter)")
+    windows = windows_from_table(datasets.load_from_disk(str(VALIDATION_FEATURES)).data.table)
+    examples = datasets.load_from_disk(str(VALIDATION_EXAMPLES)).to_pandas()
+    return scorer(windows, examples, params.evaluate, params.data.keep_unanswerable,
+                  sources=(VALIDATION_FEATURES, VALIDATION_EXAMPLES))
 
 
 def resume_point(params: Params, trainer) -> Path | None:
@@ -119,8 +141,8 @@ def train_report(params: Params, trainer, result, info: dict[str, Any], resume: 
         "best_metric": s.best_metric,
         "metric_for_best_model": params.train.metric_for_best_model,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in s.log_history if "loss" in h],
-        "eval_history": [{k: h[k] for k in ("epoch", "step", "eval_loss") if k in h}
-                         for h in s.log_history if "eval_loss" in h],
+        "eval_history": [{k: h[k] for k in ("epoch", "step", "eval_loss", "eval_exact", "eval_f1") if k in h}
+                         for h in s.log_history if "eval_loss" in h or "eval_f1" in h],
     }
 
 
@@ -128,7 +150,7 @@ def run(params: Params) -> dict[str, Any]:
     from uqa.model.trainer import make_trainer
 
     # building the Trainer's arguments sets up the process group (the launcher set RANK/WORLD_SIZE)
-    trainer, info = make_trainer(params, CHECKPOINT_DIR)
+    trainer, info = make_trainer(params, CHECKPOINT_DIR, compute_metrics=epoch_metrics(params))
     resume = resume_point(params, trainer)
     add_callbacks(trainer, resume)
     if resume is not None:

@@ -25,6 +25,17 @@ def test_demo_trains_registers_and_answers(demo_workspace):
     assert metrics["f1"] > 90 and metrics["n_questions"] > 200, metrics
     assert re.search(rf"F1 {metrics['f1']:.2f} .* on {metrics['n_questions']} validation questions", out)
     assert "registered uqa-qa v0.0.1 (promoted to prod" in out
+    # EM/F1 at every epoch (dvclive, as `dvc plots` draws them), the kept checkpoint the best by F1, and
+    # evaluate's F1 for it exactly that epoch's
+    train = json.loads((workspace / "reports/train.json").read_text())
+    epochs = round(train["epochs"])
+    for name in ("f1", "exact"):
+        rows = (workspace / "dvclive/plots/metrics/eval" / f"{name}.tsv").read_text().splitlines()
+        assert rows[0] == f"step\t{name}" and len(rows) == 1 + epochs == 1 + 5, rows
+    history = train["eval_history"]
+    kept = next(h for h in history if train["best_checkpoint"].endswith(f"checkpoint-{h['step']}"))
+    assert train["metric_for_best_model"] == "f1" and kept["eval_f1"] == max(h["eval_f1"] for h in history)
+    assert metrics["f1"] == pytest.approx(kept["eval_f1"], abs=1e-9)
     # the demo's own project: params.yaml is the demo's, the user's directory holds nothing else
     assert sorted(p.name for p in user_dir.iterdir()) == ["demo-run"]
     assert "demo-data/train.jsonl" in (workspace / "params.yaml").read_text()

@@ -84,3 +84,17 @@ def test_source_stage_always_runs_and_download_depends_on_it():
 def test_registry_artifact_declared():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert spec["artifacts"]["uqa-qa"] == {**spec["artifacts"]["uqa-qa"], "path": "registry/uqa-qa", "type": "model"}
+
+
+def test_train_declares_what_each_epoch_is_scored_with():
+    """Each epoch's EM/F1 (which picks the kept checkpoint) reads the validation questions and the
+    evaluate settings: a change to either must rerun train, so both are train's deps."""
+    import tasks.train_recipe as recipe
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    deps, params = set(_paths(spec["deps"])), set(spec["params"])
+    assert {str(recipe.VALIDATION_FEATURES), str(recipe.VALIDATION_EXAMPLES)} <= deps
+    assert {"evaluate", "data.keep_unanswerable", "train", "model"} <= params
+    plotted = {f for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+               for p in plot.values() for f in p["y"]}
+    assert {"dvclive/plots/metrics/eval/f1.tsv", "dvclive/plots/metrics/eval/exact.tsv"} <= plotted

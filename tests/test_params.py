@@ -26,6 +26,7 @@ def test_shipped_params_are_the_seed_recipe():
     assert (t.learning_rate, t.epochs, t.train_batch_size, t.eval_batch_size) == (2e-5, 6, 8, 8)
     assert (t.gradient_accumulation_steps, t.weight_decay, t.precision, t.seed) == (8, 0.01, "auto", 42)
     assert (p.evaluate.n_best, p.evaluate.max_answer_length) == (20, 30)
+    assert t.metric_for_best_model == "f1"  # the seed chose by loss; every later decision is by F1
     assert (p.register.name, p.register.min_f1, p.register.push_to_hub) == ("uqa-qa", 0.0, False)
     assert p.model.trust_remote_code is False
 
@@ -58,6 +59,7 @@ def test_shipped_params_file_sets_every_field():
         ({"tokenize": {"max_seq_length": 10}}, "tokenize.max_seq_length"),
         ({"tokenize": {"stride": -1}}, "tokenize.stride"),
         ({"train": {"precision": "fp8"}}, "train.precision"),
+        ({"train": {"metric_for_best_model": "accuracy"}}, "train.metric_for_best_model"),
         ({"train": {"train_batch_size": 0}}, "train.train_batch_size"),
         ({"evaluate": {"no_answer_threshold": "tuned"}}, "evaluate.no_answer_threshold"),
         ({"data": "uqa/UQA"}, "expected a mapping"),

@@ -103,7 +103,29 @@ def test_settings_travel_with_the_model(trained_project):
         assert "tune part" in tuning["threshold_source"]
     else:
         assert inference["no_answer_threshold"] is None and tuning["threshold"] is None
-        assert tuning["checkpoint_selected_on"] == "validation (eval_loss), the same questions"
+        assert tuning["checkpoint_selected_on"] == "validation (f1), the same questions"
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_kept_checkpoint_as_its_epoch_did(trained_project):
+    """EM/F1 every epoch come from the evaluate stage's own scoring: the checkpoint kept is the best by
+    F1, and evaluate's metrics for it are exactly its epoch's (same questions, same settings; in SQuAD2
+    mode the same tuned threshold and tune/report split)."""
+    root, mode, metrics = trained_project
+    report = json.loads((root / "reports" / "train.json").read_text())
+    history = report["eval_history"]
+    assert [round(h["epoch"]) for h in history] == [1, 2]
+    assert report["metric_for_best_model"] == "f1"
+    kept = [h for h in history if report["best_checkpoint"].endswith(f"checkpoint-{h['step']}")]
+    assert len(kept) == 1, (report["best_checkpoint"], history)
+    assert kept[0]["eval_f1"] == max(h["eval_f1"] for h in history) == report["best_metric"]
+    assert metrics["f1"] == pytest.approx(kept[0]["eval_f1"], abs=1e-9)
+    assert metrics["exact_match"] == pytest.approx(kept[0]["eval_exact"], abs=1e-9)
+    # dvclive wrote one row per epoch (the curves `dvc plots` draws, declared in dvc.yaml)
+    for name in ("f1", "exact"):
+        rows = (root / "dvclive" / "plots" / "metrics" / "eval" / f"{name}.tsv").read_text().splitlines()
+        assert rows[0].split("\t") == ["step", name] and len(rows) == 1 + len(history)
+        assert [float(r.split("\t")[1]) for r in rows[1:]] == pytest.approx([h[f"eval_{name}"] for h in history])
 
 
 @pytest.mark.slow

@@ -87,7 +87,11 @@ def test_threshold_tuned_on_one_part_is_reported_on_the_other():
         "tune_fraction": 0.5, "tuned_on_questions": 20, "reported_on_questions": 20, "threshold": t,
         "threshold_source": "tuned for F1 on the tune part (20 questions); reported on the other 20",
         "best_scores_on": "the tune part (20 questions)",
-        "checkpoint_selected_on": "validation (eval_loss), all 40 questions: the reported part included"}
+        "checkpoint_selected_on": "validation (f1), the reported part (20 questions; each epoch's threshold tuned "
+                                  "on the tune part): the epoch kept is the one whose reported score is best"}
+    _, by_loss = score_predictions(frame, refs, margins, "best", tune_fraction=0.5, selected_by="eval_loss")
+    assert by_loss["tuning"]["checkpoint_selected_on"] == "validation (eval_loss), all 40 questions: the reported " \
+                                                          "part included"
     # best_f1 is on the tune part (applying t there gives it back); f1 is on the report part only
     _, tuned = score_predictions(frame[frame["id"].isin(tune)], refs, margins, t)
     _, reported = score_predictions(frame[frame["id"].isin(report)], refs, margins, t)

@@ -54,8 +54,13 @@ def _tuning_record(squad2: bool, threshold: float | str, tune_fraction: float, n
                   "(evaluate.tune_fraction > 0 reports on questions the threshold never saw)")
     else:
         source = f"tuned for F1 on the tune part ({n_tune} questions); reported on the other {n_report}"
-    checkpoint = f"validation ({selected_by}), " + (
-        "the same questions" if same else f"all {n_all} questions: the reported part included")
+    if same:
+        checkpoint = f"validation ({selected_by}), the same questions"
+    elif selected_by.endswith("loss"):
+        checkpoint = f"validation ({selected_by}), all {n_all} questions: the reported part included"
+    else:  # each epoch scored as here: the threshold tuned on the tune part, the score on the reported part
+        checkpoint = (f"validation ({selected_by}), the reported part ({n_report} questions; each epoch's threshold "
+                      "tuned on the tune part): the epoch kept is the one whose reported score is best")
     return {
         "tune_fraction": tune_fraction if squad2 else 0.0,
         "tuned_on_questions": n_tune,
@@ -70,7 +75,7 @@ def _tuning_record(squad2: bool, threshold: float | str, tune_fraction: float, n
 
 def score_predictions(frame: pd.DataFrame, references: dict[str, list[str]],
                       margins: dict[str, float] | None, threshold: float | str, tune_fraction: float = 0.0,
-                      selected_by: str = "eval_loss") -> tuple[pd.DataFrame, dict[str, Any]]:
+                      selected_by: str = "f1") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-question EM/F1 (official and Urdu) and the aggregate metrics.
 
     `frame` has one row per id with `span_text` (the best span). In SQuAD2 mode (`margins` given)

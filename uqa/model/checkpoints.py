@@ -35,11 +35,13 @@ def data_fingerprint(data_dir: Path = DATA_DIR) -> str:
 
 
 def run_fingerprint(params: Params, data_hash: str) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: model, training recipe, data."""
+    """What must match for a checkpoint to be resumed: model, training recipe, data, and how each epoch
+    is scored (evaluate: the best checkpoint so far was chosen with those settings)."""
     train = asdict(params.train)
     for key in ("timeout_minutes", "launcher", "logging_steps", "dataloader_num_workers"):
         train.pop(key)  # how a run is operated, not what it computes
-    return {"model": asdict(params.model), "train": train, "data": data_hash}
+    return {"model": asdict(params.model), "train": train, "evaluate": asdict(params.evaluate),
+            "squad2": params.data.keep_unanswerable, "data": data_hash}
 
 
 def intact_file(path: Path) -> bool:

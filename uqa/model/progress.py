@@ -2,7 +2,8 @@
 supervisor shows them (a bar on a terminal; the flow adds a Prefect progress artifact).
 
 The record: step, total, epoch, loss (the last logged), first_step (a resumed run starts past 0:
-the ETA counts from there), elapsed_s."""
+the ETA counts from there), elapsed_s, and `evals`: each evaluation so far ({epoch, f1, exact}: EM/F1
+on the validation questions, scored as the evaluate stage scores them)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def describe_progress(p: dict[str, Any]) -> str:
         text += f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
     if p.get("loss") is not None:
         text += f", loss {p['loss']:.4g}"
+    evals = [e for e in p.get("evals") or [] if isinstance(e, dict) and e.get("f1") is not None]
+    if evals:
+        last, best = evals[-1], max(evals, key=lambda e: e["f1"])
+        exact = "" if last.get("exact") is None else f", EM {last['exact']:.2f}"
+        text += f"; validation F1 {last['f1']:.2f}{exact} (epoch {last.get('epoch', 0):g})"
+        if best is not last:
+            text += f", best F1 {best['f1']:.2f} (epoch {best.get('epoch', 0):g})"
     return text
 
 
@@ -71,6 +79,12 @@ class TerminalProgress:
 progress_reporter: ContextVar[Any] = ContextVar("uqa_train_progress", default=None)
 
 
+def eval_record(epoch: float | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    exact = metrics.get("eval_exact")
+    return {"epoch": round(epoch or 0.0, 3), "f1": round(float(metrics["eval_f1"]), 4),
+            "exact": None if exact is None else round(float(exact), 4)}
+
+
 def progress_callback():
     """A transformers TrainerCallback class printing one progress line per second at most (and at
     the end), on the main process only."""
@@ -82,6 +96,7 @@ def progress_callback():
             self.printed = 0.0
             self.started = time.monotonic()
             self.first_step: int | None = None
+            self.evals: list[dict[str, Any]] = []
 
         def _emit(self, state, force: bool = False) -> None:
             now = time.monotonic()
@@ -93,15 +108,24 @@ def progress_callback():
             print(PROGRESS_PREFIX + json.dumps({
                 "step": state.global_step, "total": state.max_steps, "epoch": round(state.epoch or 0.0, 3),
                 "loss": self.last_loss, "first_step": self.first_step, "elapsed_s": round(now - self.started, 1),
+                "evals": self.evals,
             }), flush=True)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
             self.first_step = state.global_step  # resumed runs start past 0: the ETA counts from here
+            # a resumed run continues the evaluations its checkpoint had made
+            self.evals = [eval_record(h.get("epoch"), h) for h in state.log_history if "eval_f1" in h]
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 self.last_loss = float(logs["loss"])
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and "eval_f1" in metrics:
+                self.evals.append(eval_record(state.epoch, metrics))
+                if state.is_world_process_zero:
+                    self._emit(state, force=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:

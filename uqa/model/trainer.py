@@ -31,8 +31,10 @@ def feature_lengths(dataset) -> list[int]:
     return pc.list_value_length(dataset.data.table.column("input_ids")).to_numpy().tolist()
 
 
-def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, callbacks=None, **overrides):
-    """A Trainer ready to run the recipe on the cached features; tests build one directly (no launcher)."""
+def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, callbacks=None, compute_metrics=None,
+                 **overrides):
+    """A Trainer ready to run the recipe on the cached features; tests build one directly (no launcher).
+    `compute_metrics`: scores each evaluation's logits (uqa.evaluation.answers.epoch_metrics)."""
     import datasets
     from transformers import AutoTokenizer, set_seed
 
@@ -44,14 +46,15 @@ def make_trainer(params: Params, output_dir: Path, data_dir: Path = DATA_DIR, ca
     train_ds = datasets.load_from_disk(str(Path(data_dir) / "train"))
     eval_ds = datasets.load_from_disk(str(Path(data_dir) / "validation"))
     return build_trainer(params, model, tokenizer, train_ds, feature_lengths(train_ds), output_dir, eval_ds,
-                         callbacks, **overrides)
+                         callbacks, compute_metrics, **overrides)
 
 
 def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int], output_dir: Path, eval_ds=None,
-                  callbacks=None, **overrides):
+                  callbacks=None, compute_metrics=None, **overrides):
     """The recipe's Trainer around a model and features already in memory (the GPU benchmark calls this
     with synthetic features: it needs neither `datasets` nor files)."""
     import torch
+    from torch.utils.data import SequentialSampler
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -88,6 +91,9 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
     args.update(overrides)
+    if args["load_best_model_at_end"] and not args["metric_for_best_model"].endswith("loss") and not compute_metrics:
+        raise ValueError(f"train.metric_for_best_model {t.metric_for_best_model!r} is scored by compute_metrics "
+                         "(uqa.evaluation.answers.epoch_metrics); give it, or choose the best checkpoint by loss")
     training_args = TrainingArguments(**args)
 
     class QATrainer(Trainer):
@@ -100,6 +106,14 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
                 )
             return super()._get_train_sampler(train_dataset)
 
+        # group_by_length would also shuffle the evaluation (a LengthGroupedSampler); compute_metrics
+        # needs the logits in the features' order. Several processes: accelerate shards the batches in
+        # order and gather_for_metrics puts them back in it.
+        def _get_eval_sampler(self, eval_dataset):
+            if eval_dataset is None or self.args.world_size > 1:
+                return None
+            return SequentialSampler(eval_dataset)
+
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=t.pad_to_multiple_of or None)
     trainer = QATrainer(
         model=model,
@@ -109,6 +123,7 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks or [],
+        compute_metrics=compute_metrics,
     )
     return trainer, {"precision": precision, "tokenizer": tokenizer}
 

@@ -127,7 +127,9 @@ class TrainParams:
     attn_implementation: Annotated[Str | None, _doc(
         "transformers attention implementation (sdpa, eager, ...); null = the model's default")] = "sdpa"
     torch_compile: Annotated[Bool, _doc("compile the model with torch.compile")] = False
-    metric_for_best_model: Annotated[Str, _doc("the metric that picks the best checkpoint")] = "eval_loss"
+    metric_for_best_model: Annotated[Literal["f1", "exact", "loss", "eval_f1", "eval_exact", "eval_loss"], _doc(
+        "the metric that picks the best checkpoint: f1/exact are scored every epoch on the validation "
+        "questions by the evaluate stage's code")] = "f1"
     save_total_limit: Annotated[Int, _doc("checkpoints kept (the best one is always kept)", ge=1)] = 2
     logging_steps: Annotated[Int, _doc("optimizer steps between log lines", ge=1)] = 50
     dataloader_num_workers: Annotated[Int, _doc("data loader worker processes", ge=0)] = 0
