@@ -210,6 +210,7 @@ SLOW_FIXTURES: dict[str, str] = {
     "demo_workspace": "runs `uqa demo`: the whole flow, training included",
     "trained_project": "trains a model with the train stage's recipe (test_predict_equals_evaluate.py)",
     "chromium": "starts a headless browser",
+    "browser": "starts a headless browser (Playwright)",
 }
 
 # Processes the fast tier must not start even without one of those fixtures (checked when a test starts
@@ -312,6 +313,24 @@ def chromium() -> str:
         if found := shutil.which(name):
             return found
     skip_or_fail_in_ci("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser(chromium):
+    """The system's chromium driven by Playwright (`executable_path`: no `playwright install`), headless,
+    closed (with its process) however the test ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=BROWSER_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 @pytest.fixture(scope="session")

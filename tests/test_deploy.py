@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -106,7 +105,11 @@ def test_run_shows_stages_artifacts_and_library_logs(deployed_run, hub):
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
     by_key = {a["key"]: a for a in artifacts}
-    assert {"uqa-metrics", "uqa-filter-report", "uqa-registration", "uqa-errors"} <= set(by_key)
+    assert {"uqa-metrics", "uqa-filter-report", "uqa-registration", "uqa-errors", "uqa-train-epochs"} <= set(by_key)
+    # EM/F1 of every epoch, scored as evaluate scores: in the progress artifact and a table with the kept one
+    assert "validation F1" in by_key["uqa-train-progress"]["description"], by_key["uqa-train-progress"]
+    epochs = by_key["uqa-train-epochs"]["data"]
+    assert "| epoch | step | exact | F1 | loss | kept |" in epochs and "✓" in epochs and "best by **f1**" in epochs
     metrics = by_key["uqa-metrics"]["data"]
     assert "| exact match |" in metrics and "Urdu-normalized" in metrics
     assert "unanswerable: 490" in by_key["uqa-filter-report"]["data"]
@@ -142,90 +145,46 @@ def test_run_shows_stages_artifacts_and_library_logs(deployed_run, hub):
     assert not [p for p in written if SECRET.encode() in p.read_bytes()]
 
 
-def graph_fetched_by_page(chromium: str, flags: list[str], page_url: str, timeout: float = 90) -> dict:
-    """Open `page_url` in headless chromium driven over the DevTools protocol and return the body of
-    the flow-run graph (`/graph-v2`) response the page fetched to draw its graph."""
-    from conftest import free_port
-    from websockets.sync.client import connect
+def test_flow_run_page_renders_in_a_browser(browser, deployed_run):
+    """The Prefect UI's flow-run page in the system's chromium, driven by Playwright: the run completed,
+    every stage's task run is listed, the graph the page draws (a canvas: not in the DOM) is the chain of
+    stages (read from the `/graph-v2` response the page itself fetched), and the artifacts render."""
+    from playwright.sync_api import expect
 
-    port = free_port()
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([chromium, *[f for f in flags if not f.startswith("--virtual-time")],
-                                 f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2).read())
-                    ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-                    break
-                except (OSError, StopIteration, ValueError):
-                    assert time.monotonic() < deadline and proc.poll() is None, "chromium's DevTools did not start"
-                    time.sleep(0.3)
-            with connect(ws_url, max_size=None, open_timeout=30) as ws:
-                ids = iter(range(1, 1_000_000))
-
-                def send(method: str, **params) -> int:
-                    n = next(ids)
-                    ws.send(json.dumps({"id": n, "method": method, "params": params}))
-                    return n
-
-                send("Network.enable")
-                send("Page.navigate", url=page_url)
-                graph_request, body_call = None, None
-                while time.monotonic() < deadline:
-                    msg = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-                    method, params = msg.get("method"), msg.get("params", {})
-                    if method == "Network.responseReceived" and "/graph-v2" in params["response"]["url"]:
-                        graph_request = params["requestId"]
-                    elif method == "Network.loadingFinished" and params.get("requestId") == graph_request:
-                        body_call = send("Network.getResponseBody", requestId=graph_request)
-                    elif body_call is not None and msg.get("id") == body_call:
-                        return json.loads(msg["result"]["body"])
-                raise AssertionError(f"the page {page_url} did not fetch its flow-run graph in {timeout:.0f} s")
-        finally:
-            stop_process_group(proc, grace=5)
-
-
-def test_flow_run_page_renders_in_a_browser(chromium, deployed_run):
     url, flow_run_id, _ = deployed_run
     ui = url.removesuffix("/api")
     out_dir = REPO / "reports" / "ui"
     out_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1400,1000", "--virtual-time-budget=20000"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        with page.expect_response(lambda r: "/graph-v2" in r.url and r.ok, timeout=90_000) as graph_response:
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
+        graph = graph_response.value.json()
+        expect(page.get_by_text("uqa-pipeline").first).to_be_attached(timeout=60_000)
+        expect(page.get_by_text("Completed").first).to_be_attached(timeout=60_000)
+        for stage in STAGES:  # task runs are named <stage>-<suffix> in the page
+            expect(page.get_by_text(re.compile(rf"^\s*{stage}-[0-9a-f]{{3}}\s*$")).first).to_be_attached()
+        page.screenshot(path=str(out_dir / "flow-run.png"))
+        assert (out_dir / "flow-run.png").stat().st_size > 10_000
 
-    def browse(path: str, *extra: str) -> str:
-        with tempfile.TemporaryDirectory() as profile:
-            r = subprocess.run([chromium, *flags, f"--user-data-dir={profile}", *extra, f"{ui}{path}"],
-                               capture_output=True, text=True, timeout=120)
-        return r.stdout
+        label_of = {n["id"]: n["label"] for _, n in graph["nodes"]}
+        stage_of = {node_id: label.rsplit("-", 1)[0] for node_id, label in label_of.items()}
+        # (an edge can be listed twice: Prefect records wait_for both as an input and as an upstream run)
+        parents = {stage_of[n["id"]]: sorted({stage_of[e["id"]] for e in n["parents"]}) for _, n in graph["nodes"]}
+        chain = ["source", "download", "filter", "tokenize", "train", "evaluate", "register"]
+        assert parents == {stage: ([chain[i - 1]] if i else []) for i, stage in enumerate(chain)}, parents
 
-    page = f"/runs/flow-run/{flow_run_id}"
-    dom = browse(page, "--dump-dom")
-    browse(page, f"--screenshot={out_dir / 'flow-run.png'}")
-    assert (out_dir / "flow-run.png").stat().st_size > 10_000
-    assert "uqa-pipeline" in dom and "Completed" in dom
-    for stage in STAGES:  # task runs are named <stage>-<suffix> in the page
-        assert re.search(rf">\s*{stage}-[0-9a-f]{{3}}\s*<", dom), stage
-
-    # the graph the page draws (a canvas: not in the DOM) is the chain of stages: read the graph data
-    # the page itself fetched, over the DevTools protocol, and follow its edges
-    graph = graph_fetched_by_page(chromium, flags, f"{ui}{page}")
-    label_of = {n["id"]: n["label"] for _, n in graph["nodes"]}
-    stage_of = {node_id: label.rsplit("-", 1)[0] for node_id, label in label_of.items()}
-    # (an edge can be listed twice: Prefect records wait_for both as an input and as an upstream run)
-    parents = {stage_of[n["id"]]: sorted({stage_of[e["id"]] for e in n["parents"]}) for _, n in graph["nodes"]}
-    chain = ["source", "download", "filter", "tokenize", "train", "evaluate", "register"]
-    assert parents == {stage: ([chain[i - 1]] if i else []) for i, stage in enumerate(chain)}, parents
-
-    artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-    metrics_id = next(a["id"] for a in artifacts if a["key"] == "uqa-metrics")
-    artifact_dom = browse(f"/artifacts/artifact/{metrics_id}", "--dump-dom")
-    browse(f"/artifacts/artifact/{metrics_id}", f"--screenshot={out_dir / 'metrics-artifact.png'}")
-    assert "Evaluation metrics" in artifact_dom and "Urdu-normalized" in artifact_dom
+        artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+        for key, texts in (("uqa-metrics", ("Evaluation metrics", "Urdu-normalized")),
+                           ("uqa-train-epochs", ("Validation at every epoch", "kept"))):
+            artifact_id = next(a["id"] for a in artifacts if a["key"] == key)
+            page.goto(f"{ui}/artifacts/artifact/{artifact_id}")
+            for text in texts:
+                expect(page.get_by_text(text).first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(out_dir / f"{key}-artifact.png"))
+    finally:
+        context.close()
 
 
 def test_cancelling_a_deployment_run_stops_training(prefect_server, tmp_path):
