@@ -29,7 +29,7 @@ from uqa.ops.atomic import atomic_dir, atomic_write_json
 from uqa.ops.jsonfile import read_json
 from uqa.params.schema import PARAMS_FILE, Params
 from uqa.registry import lineage, retention
-from uqa.registry.evalset import prod_rescorer, write_eval_questions
+from uqa.registry.evalset import prod_rescorer, widget_example, write_eval_questions
 from uqa.registry.gate import decide, regate_pending, require_metrics_of, verify_pending_version
 from uqa.registry.hub_push import hub_done, push_and_record
 from uqa.registry.model_card import model_card
@@ -137,7 +137,8 @@ def register(params: Params, root: Path = Path("."), model_dir: Path = MODEL_DIR
             "promoted": promote, "reason": reason, "prod_before": prod, "prod_f1": prod_f1,
             "f1_change": round(f1 - prod_f1, 4) if prod_f1 is not None else None})
         card = model_card(cfg.name, version, params, metrics, read_json(run_dir / DOWNLOAD_REPORT),
-                          read_json(run_dir / TRAIN_REPORT), promote, reason, lineage=record["lineage"])
+                          read_json(run_dir / TRAIN_REPORT), promote, reason, lineage=record["lineage"],
+                          widget=widget_example(run_dir / EXAMPLES))
         _write_version(registry, version, model_dir, metrics, digest, card, record, run_dir / EXAMPLES)
         hub_url = _index_tag_and_push(registry, index, record, cfg)
         report = {"name": cfg.name, "version": version, "registered": True, "promoted": promote, "reason": reason,

@@ -336,3 +336,30 @@ def test_a_run_killed_before_its_tags_is_finished_by_the_next(git_project):
     assert sorted(run_ok(["git", "tag"], root).stdout.split()) == ["uqa-qa#prod#1", "uqa-qa@v0.0.1"]
     assert Registry(root, "uqa-qa").stage_version() == "v0.0.1"
     assert resolve_model("prod", root).name == "v0.0.1"
+
+
+def test_model_card_widget_is_a_real_answerable_validation_question(tmp_path):
+    """The Hub's question-answering box opens with the card's `widget:` example: a question and context of
+    the version's own validation set, answerable, paragraph-sized, the same one on every run."""
+    import datasets
+    import pandas as pd
+    from conftest import DEMO_SOURCE
+    from huggingface_hub import ModelCard
+
+    rows = pd.read_json(DEMO_SOURCE["validation"], lines=True, dtype=False)
+    long_context = rows.iloc[0].to_dict() | {"id": "long", "context": "ب" * 5000}
+    unanswerable = rows.iloc[1].to_dict() | {"id": "none", "is_impossible": True, "answer": ""}
+    frame = pd.concat([pd.DataFrame([long_context, unanswerable]), rows], ignore_index=True)
+    datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(tmp_path / "data/filtered/validation"))
+    _model(tmp_path, 1)
+    _metrics(tmp_path, 60.0)
+    readme = Path(register(_params(), tmp_path)["model_card"])
+    widget = ModelCard.load(readme).data.to_dict()["widget"]
+    assert widget == _front_matter(readme.read_text(encoding="utf-8"))["widget"] and len(widget) == 1
+    chosen = frame.set_index("id").loc[widget[0]["example_title"].removeprefix("UQA validation ")]
+    assert widget[0]["text"] == chosen["question"].strip() and widget[0]["context"] == chosen["context"]
+    assert not chosen["is_impossible"] and len(chosen["context"]) <= 1500
+    from uqa.registry.evalset import widget_example
+
+    assert widget_example(tmp_path / "data/filtered/validation") == widget[0]  # the same one every time
+    assert widget_example(tmp_path / "absent") is None

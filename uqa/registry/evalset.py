@@ -99,20 +99,47 @@ def prod_rescorer(registry: Registry, prod: str | None, params: Params, metrics:
 EVAL_QUESTIONS = 200  # recorded per version: enough to see a backend change answers, small beside the weights
 
 
-def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS) -> int:
-    """Up to `n` of the evaluation's questions (one row per id, spread by a hash of the id) as jsonl; 0 when
-    the evaluation set is not here (a registration never fails for lack of them)."""
+def _by_id_hash(examples_dir: Path, purpose: str) -> pd.DataFrame | None:
+    """The evaluation's questions, one row per id, in the order of a hash of the id (a fixed spread over
+    the set, whatever its row order); None when the set is not here (a registration never fails for it)."""
     import datasets
 
     try:
         frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
-    except (OSError, ValueError) as exc:  # absent or not a dataset: the version records none
-        log.warning("register: %s cannot be read (%s): the version records no evaluation questions", examples_dir,
-                    str(exc).splitlines()[0][:200])
-        return 0
+    except (OSError, ValueError) as exc:  # absent or not a dataset
+        log.warning("register: %s cannot be read (%s): the version records no %s", examples_dir,
+                    str(exc).splitlines()[0][:200], purpose)
+        return None
     frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
-    rows = frame.sort_values("_key").head(n)
+    return frame.sort_values("_key")
+
+
+def write_eval_questions(examples_dir: Path, dest: Path, n: int = EVAL_QUESTIONS) -> int:
+    """Up to `n` of the evaluation's questions (one row per id, spread by a hash of the id) as jsonl; 0 when
+    the evaluation set is not here."""
+    frame = _by_id_hash(examples_dir, "evaluation questions")
+    if frame is None:
+        return 0
+    rows = frame.head(n)
     with open(dest, "w", encoding="utf-8") as f:
         for r in rows.itertuples():
             f.write(json.dumps({"id": str(r.id), "question": r.question, "context": r.context}, ensure_ascii=False) + "\n")
     return len(rows)
+
+
+WIDGET_CONTEXT_CHARS = 1500  # the Hub's inference box: a paragraph, not a page
+
+
+def widget_example(examples_dir: Path) -> dict[str, str] | None:
+    """The model card's `widget:` example (what the Hub's question-answering box opens with): a real,
+    answerable validation question with a paragraph-sized context, the first in the id-hash order."""
+    frame = _by_id_hash(examples_dir, "widget example")
+    if frame is None:
+        return None
+    fits = frame[~frame["is_impossible"].astype(bool) & (frame["context"].str.len() <= WIDGET_CONTEXT_CHARS)
+                 & (frame["question"].str.strip().str.len() > 0)]
+    if fits.empty:
+        return None
+    row = fits.iloc[0]
+    return {"text": str(row["question"]).strip(), "context": str(row["context"]),
+            "example_title": f"UQA validation {row['id']}"}

@@ -44,8 +44,10 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def card_metadata(name: str, params: Params, metrics: dict[str, Any], download: dict[str, Any]) -> Any:
-    """The card's YAML front matter as huggingface_hub's ModelCardData, model-index included.
+def card_metadata(name: str, params: Params, metrics: dict[str, Any], download: dict[str, Any],
+                  widget: dict[str, str] | None = None) -> Any:
+    """The card's YAML front matter as huggingface_hub's ModelCardData, model-index included, and the
+    Hub's `widget:` example (a real question and context: the Hub's question-answering box opens with it).
 
     Every value goes through huggingface_hub's YAML dump, so a data.source such as
     `{train: "a: b.parquet"}` or a path with `#` in it is quoted, not pasted into the YAML."""
@@ -73,12 +75,15 @@ def card_metadata(name: str, params: Params, metrics: dict[str, Any], download: 
         datasets=[source] if on_hub else None,
         model_name=name if results else None,
         eval_results=results or None,
+        widget=[widget] if widget else None,
     )
 
 
 def model_card(name: str, version: str, params: Params, metrics: dict[str, Any], download: dict[str, Any],
-               train: dict[str, Any], promoted: bool, reason: str, lineage: dict[str, Any] | None = None) -> str:
-    """README.md of a registered version: Hub metadata (ModelCardData, model-index) and the human part."""
+               train: dict[str, Any], promoted: bool, reason: str, lineage: dict[str, Any] | None = None,
+               widget: dict[str, str] | None = None) -> str:
+    """README.md of a registered version: Hub metadata (ModelCardData, model-index, the widget example)
+    and the human part."""
     from huggingface_hub import ModelCard
 
     if params.model.init == "pretrained":
@@ -101,7 +106,7 @@ def model_card(name: str, version: str, params: Params, metrics: dict[str, Any],
         *_card_lineage(lineage),
         *CARD_USE,
     ]
-    data = card_metadata(name, params, metrics, download)
+    data = card_metadata(name, params, metrics, download, widget)
     # parsed back by ModelCard on the way out: front matter that does not load fails here, not on the Hub
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
