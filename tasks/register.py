@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from uqa.params.schema import PARAMS_FILE, Params
 from uqa.registry import lineage, retention
 from uqa.registry.evalset import prod_rescorer, widget_example, write_eval_questions
 from uqa.registry.gate import decide, regate_pending, require_metrics_of, verify_pending_version
+from uqa.registry.history import utc_text
 from uqa.registry.hub_push import hub_done, push_and_record
 from uqa.registry.model_card import model_card
 from uqa.registry.store import PROD, Registry, RegistryInconsistent, next_version
@@ -185,6 +187,7 @@ def _version_record(version: str, digest: str, params: Params, metrics: dict[str
         "data_source": params.data.source,
         "promoted": promote,
         "reason": reason,
+        "registered_at": utc_text(datetime.now(timezone.utc)),  # the history's date outside git (GTO's tags in git)
     }
 
 

@@ -148,6 +148,13 @@ def test_the_remotes_are_the_record(prefect_server, tmp_path):
         assert "download Cached" in out and "tokenize Cached" in out  # restored from the published run-cache
         moved_after = replica.wait_for("v0.0.2", timeout=60)
         print(f"the replica served v0.0.2 {moved_after:.1f} s after its publication")
+        # its page's history is the published registry's: both versions, dated by their GTO tags
+        import httpx
+
+        history = httpx.get(f"http://127.0.0.1:{replica.port}/v1/versions", timeout=60).json()
+        assert [v["version"] for v in history["versions"]] == ["v0.0.1", "v0.0.2"], history
+        assert history["prod"] == history["served"] == "v0.0.2" and history["dates_from"] == "GTO tags (git)"
+        assert [p["version"] for p in history["prod_history"]] == ["v0.0.1", "v0.0.2"]
     finally:
         replica.stop()
 

@@ -264,14 +264,18 @@ def test_an_api_key_guards_every_route_but_the_health_checks(model_dir):
     with _client(model_dir, Security.for_binding("127.0.0.1", key, ROUTES)) as c:
         row = _questions(1)[0]
         auth = {"Authorization": f"Bearer {key}"}
-        for method, path in (("get", "/v1/model"), ("get", "/metrics"), ("get", "/docs"), ("get", "/openapi.json"),
-                             ("post", "/v1/answer"), ("post", "/")):
+        for method, path in (("get", "/v1/model"), ("get", "/v1/versions"), ("get", "/metrics"), ("get", "/docs"),
+                             ("get", "/openapi.json"), ("post", "/v1/answer"), ("post", "/")):
             kwargs = {"json": row} if method == "post" else {}
             for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": key}):
                 r = getattr(c, method)(path, headers=headers, **kwargs)
                 assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), (path, r.text)
             assert getattr(c, method)(path, headers=auth, **kwargs).status_code == 200, path
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        # the page and its files hold nothing secret: open, so that the page can ask for the key
+        for path in ("/", "/ui/app.js", "/ui/app.css"):
+            assert c.get(path).status_code == 200, path
+        assert c.head("/").status_code == 200
         spec = c.get("/openapi.json", headers=auth).json()
         assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         # a web page's tricks: another Host (DNS rebinding) and a form-like POST
@@ -281,6 +285,43 @@ def test_an_api_key_guards_every_route_but_the_health_checks(model_dir):
         assert r.status_code == 415
         for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
             assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+
+
+def test_the_page_is_served_from_the_package_under_a_strict_policy(client):
+    """GET / is the page (its elements by the ids the issue names), its script and style come from this
+    server only (no CDN: it works offline), under a Content-Security-Policy; nothing else under /ui."""
+    from uqa.serving.app import STATIC_DIR
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for element in ('id="question"', 'id="context"', 'id="ask"', 'id="answer"', 'id="version"', 'id="history"',
+                    'id="alternatives"', 'id="score"', 'id="key-form"', 'dir="auto"'):
+        assert element in page.text, element
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert "unsafe" not in policy and page.headers["x-content-type-options"] == "nosniff"
+    assert sorted(p.name for p in STATIC_DIR.iterdir()) == ["app.css", "app.js", "index.html"]
+    for name, media in (("app.js", "javascript"), ("app.css", "text/css")):
+        r = client.get(f"/ui/{name}")
+        assert r.status_code == 200 and media in r.headers["content-type"]
+        assert "content-security-policy" in r.headers
+    for source in (page.text, client.get("/ui/app.js").text, client.get("/ui/app.css").text):
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", source)  # nothing from another origin
+        assert "innerHTML" not in source and "eval(" not in source  # text goes in as text
+    assert "top_k" in client.get("/ui/app.js").text  # the HF payload, as any client sends it
+    for path in ("/ui/../app.py", "/ui/%2e%2e/app.py", "/ui/missing.js", "/ui/"):
+        assert client.get(path).status_code == 404, path
+    assert "content-security-policy" not in client.get("/v1/model").headers  # the API answers JSON, not pages
+
+
+def test_versions_of_a_model_directory_say_there_is_no_history(client):
+    r = client.get("/v1/versions")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["name"] is None and body["versions"] == [] and body["served"] == "v9.9.9"
+    assert "not a registry version" in body["note"]
+    spec = client.get("/openapi.json").json()
+    assert "/v1/versions" in spec["paths"] and "/" in spec["paths"] and "get" not in spec["paths"]["/"]
 
 
 def test_binding_beyond_loopback_needs_a_key(tmp_path, capsys, monkeypatch):

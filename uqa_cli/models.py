@@ -78,6 +78,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return _registry_show(args)
     if getattr(args, "registry_command", None) == "diff":
         return _registry_diff(args)
+    if getattr(args, "registry_command", None) == "history":
+        return _registry_history(args)
     project = Path(args.project)
     name = args.name or default_artifact(project)
     registry = Registry(project, name)
@@ -106,6 +108,16 @@ def _registry_show(args: argparse.Namespace) -> int:
         print(json.dumps({"name": registry.name, "stages": stages, **record}, indent=2, ensure_ascii=False))
     else:
         print("\n".join(describe(registry.name, record, stages)))
+    return 0
+
+
+def _registry_history(args: argparse.Namespace) -> int:
+    from uqa.registry.history import history_lines, registry_history
+    from uqa.registry.lookup import default_artifact
+
+    project = Path(args.project)
+    history = registry_history(project, args.name or default_artifact(project))
+    print(json.dumps(history, indent=2, ensure_ascii=False) if args.json else "\n".join(history_lines(history)))
     return 0
 
 
@@ -182,6 +194,8 @@ def add_parsers(sub) -> None:
     q.add_argument("a", help="prod, NAME@vX.Y.Z or vX.Y.Z")
     q.add_argument("b", help="prod, NAME@vX.Y.Z or vX.Y.Z")
     q.add_argument("--json", action="store_true")
+    q = reg.add_parser("history", help="every version with its date, F1 and promotion; which version was prod when")
+    q.add_argument("--json", action="store_true", help="as `uqa serve` answers GET /v1/versions")
     for q in reg.choices.values():  # also after the subcommand: uqa registry show prod --project DIR
         q.add_argument("--project", default=argparse.SUPPRESS)
         q.add_argument("--name", default=argparse.SUPPRESS)

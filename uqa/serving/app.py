@@ -1,5 +1,6 @@
 """The HTTP API: POST / and /v1/answer (ours and the Hugging Face QA protocol), GET /healthz, /readyz,
-/v1/model, /metrics; OpenAPI at /openapi.json, docs at /docs.
+/v1/model, /v1/versions (the registry's history), /metrics; OpenAPI at /openapi.json, docs at /docs; and
+the page at GET / (uqa/serving/static: ask the model, see the answer in its context and the history).
 
 Everything that arrives is a stranger's: the guard (uqa/serving/guard.py) checks Host, API key and
 Content-Type first; the body is read with a byte limit (413), parsed and validated here (400/422
@@ -13,25 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from uqa.errors import UserError, first_line
 from uqa.serving.answering import answer
 from uqa.serving.guard import Guard, Security
 from uqa.serving.metrics import ServerMetrics
 from uqa.serving.models import ModelHolder, registration_of
 from uqa.serving.scheduler import Overloaded, ScheduleSettings, TooMuchWork, WindowScheduler
-from uqa.serving.schema import ANSWER_RESPONSE, ErrorOut, RequestError, parse_body, request_schema
+from uqa.serving.schema import ANSWER_RESPONSE, ErrorOut, HistoryOut, RequestError, parse_body, request_schema
 
 log = logging.getLogger(__name__)
 
-ROUTES = frozenset({"/", "/v1/answer", "/healthz", "/readyz", "/v1/model", "/metrics", "/docs", "/openapi.json",
-                    "/docs/oauth2-redirect", "/redoc"})
+ROUTES = frozenset({"/", "/v1/answer", "/healthz", "/readyz", "/v1/model", "/v1/versions", "/metrics", "/docs",
+                    "/openapi.json", "/docs/oauth2-redirect", "/redoc", "/ui/app.js", "/ui/app.css"})
+STATIC_DIR = Path(__file__).parent / "static"  # the page: shipped in the package (pyproject package-data)
 CLIENT_GONE = 499  # nginx's name for it: the client closed the connection before the answer
 
 
@@ -106,6 +112,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
     _add_error_handlers(app, settings)
     _add_info_routes(app, holder, scheduler, metrics, settings)
     _add_answer_routes(app, holder, scheduler, metrics, settings)
+    _add_page_routes(app, holder)
     _install_openapi(app, holder, settings)
     app.add_middleware(_GuardMiddleware, security=settings.security, metrics=metrics)
     return app
@@ -231,6 +238,38 @@ def _add_answer_routes(app: FastAPI, holder: ModelHolder, scheduler: WindowSched
 
     app.add_api_route("/v1/answer", answer_route, methods=["POST"], **answer_doc)
     app.add_api_route("/", answer_route, methods=["POST"], name="answer_root", **answer_doc)
+
+
+def _add_page_routes(app: FastAPI, holder: ModelHolder) -> None:
+    """GET / (the page), /ui/* (its script and style) and GET /v1/versions (the history it draws)."""
+    from uqa.registry.history import HistoryCache
+
+    cache, lock = HistoryCache(), threading.Lock()
+
+    def read_history(root: Path, name: str) -> dict[str, Any]:
+        with lock:  # one reader at a time: a page polling from many tabs parses the tags once
+            return cache.get(root, name)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
+
+    @app.get("/v1/versions", summary="the registry's history: every version with its date, F1 and promotion, and "
+             "which version was prod when", response_model=HistoryOut, responses={503: {"model": ErrorOut}})
+    async def versions():
+        source, served = holder.source, holder.current
+        name, root = getattr(source, "name", None), getattr(source, "root", None)
+        now = served.version if served else None
+        if not name or root is None:
+            return {"name": None, "served": now, "versions": [], "prod_history": [],
+                    "note": "this server answers with a model directory, not a registry version: no history"}
+        try:
+            history = await asyncio.to_thread(read_history, Path(root), name)
+        except UserError as exc:  # an unreadable registry is said, never shown as an empty history
+            return _error(503, f"the registry history of {name} cannot be read: {first_line(exc)}", None)
+        return {**history, "served": now}
 
 
 def _install_openapi(app: FastAPI, holder: ModelHolder, settings: ServeSettings) -> None:

@@ -3,10 +3,13 @@
 - an `X-Request-ID`: the client's when it is a sane token, else a new one; echoed on every response;
 - on a server bound to loopback, a `Host` other than the bound name or localhost gets 400: a web page
   the user opens cannot drive the server through a DNS name that resolves to 127.0.0.1 (DNS rebinding);
-- with an API key, every route but /healthz and /readyz needs `Authorization: Bearer KEY` (401): the
-  docs, /openapi.json, /metrics and /v1/model included;
+- with an API key, every route but /healthz, /readyz and the page (GET / and /ui/*: static files that
+  hold nothing secret; the page asks for the key and sends it) needs `Authorization: Bearer KEY` (401):
+  the docs, /openapi.json, /metrics, /v1/model and /v1/versions included;
 - a POST must say `Content-Type: application/json` (415): a cross-site form or `text/plain` POST,
   which a browser sends without asking, never reaches the model;
+- the page's responses carry a Content-Security-Policy: its own script and style only, requests to this
+  server only, no frames, no plugins;
 - then one access-log line (id, route, status, ms, windows, version) and the request metrics.
 """
 
@@ -27,6 +30,14 @@ access_log = logging.getLogger("uqa.access")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # a load balancer's health checks carry no key
 POST_PATHS = frozenset({"/", "/v1/answer"})
+PAGE_PREFIX = "/ui/"
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def is_page(method: str, path: str) -> bool:
+    """The page and its files: GET (or HEAD) / and /ui/*."""
+    return method in ("GET", "HEAD") and (path == "/" or path.startswith(PAGE_PREFIX))
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -73,7 +84,7 @@ class Guard:
                          "only to localhost, 127.0.0.1, [::1] and the name it was bound to (DNS rebinding protection)",
                     "Host", {})
         key = self.security.api_key
-        if key is not None and path not in OPEN_PATHS:
+        if key is not None and path not in OPEN_PATHS and not is_page(scope.get("method", ""), path):
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
@@ -97,13 +108,20 @@ class Guard:
         scope.setdefault("state", {})["uqa"] = note
         status = {"code": 500}
 
+        path = scope.get("path", "")
+        page = is_page(scope.get("method", ""), path)
+
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                headers.append("X-Content-Type-Options", "nosniff")
+                if page:
+                    headers.append("Content-Security-Policy", PAGE_POLICY)
+                    headers.append("Referrer-Policy", "no-referrer")
             await send(message)
 
-        path = scope.get("path", "")
         route = f"{scope.get('method', '')} {path if path in self.security.routes else 'other'}"
         try:
             refused = self.refusal(scope)

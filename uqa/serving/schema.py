@@ -135,6 +135,49 @@ class HFAnswer(BaseModel):
 ANSWER_RESPONSE = AnswerOut | list[AnswerOut] | HFAnswer | list[HFAnswer] | list[list[HFAnswer]]
 
 
+class PeriodOut(BaseModel):
+    """A time a version was in prod (UTC, ISO 8601; until null: prod now)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str | None = Field(alias="from")
+    until: str | None
+
+
+class VersionOut(BaseModel):
+    version: str
+    registered_at: str | None = Field(description="UTC, ISO 8601 (GTO's registration tag in git, else the index)")
+    f1: float | None
+    exact_match: float | None
+    n_questions: int | None
+    mode: str | None = Field(description="answerable-only or squad2")
+    eval_set: str | None = Field(description="which questions the F1 was measured on (a hash): F1s of different "
+                                             "sets are not comparable")
+    promoted: bool
+    reason: str | None
+    prod: bool = Field(description="in prod now")
+    prod_periods: list[PeriodOut]
+    pruned: str | None = Field(description="when its files were pruned (register.keep_last); its record stays")
+
+
+class ProdPeriodOut(PeriodOut):
+    version: str
+
+
+class HistoryOut(BaseModel):
+    """The registry's history (uqa/registry/history.py); name null: the server answers with a model
+    directory, not a registry version."""
+
+    name: str | None
+    served: str | None = Field(description="the version this server answers with now")
+    prod: str | None = None
+    dates_from: str | None = None
+    versions: list[VersionOut] = Field(description="oldest first")
+    truncated: bool = False
+    prod_history: list[ProdPeriodOut] = Field(description="oldest first")
+    note: str | None = None
+
+
 class ErrorOut(BaseModel):
     error: str
     field: str | None = None
