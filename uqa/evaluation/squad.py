@@ -15,6 +15,7 @@ Per-question EM is 0/1 and F1 is 0..1; the aggregate dict is on a 0..100 scale.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import re
 import string
@@ -48,6 +49,7 @@ _ARTICLES_RE = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _ASCII_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; scoring normalizes each answer several times (per-epoch F1 too)
 def normalize_official(text: str) -> str:
     """Official SQuAD v2.0 ``normalize_answer``: lower, drop ASCII punctuation, drop a/an/the, squeeze spaces."""
     text = text.lower()

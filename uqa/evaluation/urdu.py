@@ -5,6 +5,7 @@ the official metric's `normalize` argument (uqa/evaluation/squad.py)."""
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ def _build_urdu_table() -> _UrduTable:
 _URDU_TABLE = _build_urdu_table()
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; scoring normalizes each answer several times (per-epoch F1 too)
 def normalize_urdu(text: str) -> str:
     """Urdu answer normalizer (see module docs); English articles are kept, S* symbols ($ + < = > ^ ` | ~) too.
 
