@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"metrics: {workdir / 'metrics/eval.json'}   demo finished in {time.time() - started:.0f}s")
     print('try: uqa predict --model prod --question "ہم کیا کرنے والے ہیں؟" '
           '--context "ہم اپنے فائن ٹیونڈ سوال و جواب ماڈل پر جلد ہی انفریئنس چلانے والے ہیں!"')
-    print("or serve it over HTTP: uqa serve --model prod   (API docs: http://127.0.0.1:8000/docs)")
+    print("or serve it: uqa serve --model prod   then open http://127.0.0.1:8000 (API docs: /docs)")
     return 0
 
 

@@ -113,7 +113,8 @@ def serve(args: argparse.Namespace, root: Path | None, settings=None) -> int:
         print(f"backend: {note}", file=sys.stderr)
     if source.follows and args.poll_seconds > 0:
         print(f"following {source.name}:{source.stage}: checked every {args.poll_seconds:g} s", file=sys.stderr)
-    print(f"http://{args.host}:{args.port}/v1/answer  (API docs: http://{args.host}:{args.port}/docs)"
+    base = f"http://{args.host}:{args.port}"
+    print(f"{base}/  (the page: ask the model, see the registry's history); API {base}/v1/answer, docs {base}/docs"
           f"{'; API key required (Authorization: Bearer)' if settings.security.api_key else ''}", file=sys.stderr)
     app = create_app(holder, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
