@@ -125,6 +125,7 @@ def test_kill9_in_each_stage_then_rerun(tmp_path):
             assert [c.name for c in ckpts] == [f"checkpoint-{steps_per_epoch}"], ckpts  # epoch 1's, resumed below
             straight = tmp_path / "straight"  # the same training, never interrupted, for comparison
             shutil.copytree(root / "data/tokenized", straight / "data/tokenized")
+            shutil.copytree(root / "data/filtered/validation", straight / "data/filtered/validation")
             shutil.copy2(root / "params.yaml", straight / "params.yaml")
             run_ok([sys.executable, "-m", "tasks.train"], straight, env=env_for(mark))
     r = repro(root, mark)

@@ -41,6 +41,13 @@ def tokenized(tmp_path_factory) -> Path:
     return root
 
 
+def copy_training_inputs(source: Path, project: Path) -> None:
+    """What the train stage reads: the tokenized features, and the filtered validation questions it
+    scores EM/F1 on every epoch."""
+    for inputs in ("data/tokenized", "data/filtered/validation"):
+        shutil.copytree(source / inputs, project / inputs)
+
+
 def _losses(trainer) -> list[float]:
     return [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
 
@@ -157,7 +164,7 @@ def test_two_ddp_processes_step_by_the_global_batch(tokenized, tmp_path):
     from tasks.train import train
 
     project = tmp_path / "ddp"
-    shutil.copytree(tokenized / "data" / "tokenized", project / "data" / "tokenized")
+    copy_training_inputs(tokenized, project)
     p = tiny_params(train_batch_size=16, gradient_accumulation_steps=2,
                     launcher={"num_processes": 2, "main_process_port": 29517})
     with working_dir(project):
@@ -213,7 +220,7 @@ def test_one_process_trains_on_every_cpu(tokenized, tmp_path, monkeypatch):
     default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                  capture_output=True, text=True, check=True).stdout)
     project = tmp_path / "one"
-    shutil.copytree(tokenized / "data" / "tokenized", project / "data" / "tokenized")
+    copy_training_inputs(tokenized, project)
     with working_dir(project):
         report = train(tiny_params(max_steps=2))
     assert report["world_size"] == 1 and report["global_step"] == 2
