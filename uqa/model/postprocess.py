@@ -125,13 +125,13 @@ def best_spans(
     )
 
 
-def best_span_per_window(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.ndarray, n_best: int,
-                         max_answer_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per window: the highest start+end score over valid spans (inside the context, start <= end,
-    at most max_answer_length tokens) among the n_best starts x n_best ends, and its token indices;
-    -1 where the window has no context. When no top pair is valid, every span is searched."""
+def _candidate_pairs(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.ndarray, n_best: int,
+                     max_answer_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates of every window: the n_best starts x n_best ends inside the context, scored
+    start+end where the span is valid (start <= end, at most max_answer_length tokens), NEG where not.
+    Returns (pair [windows, k*k], start token indices [windows, k], end token indices [windows, k]);
+    pair's flat index i is start s_idx[:, i // k] with end e_idx[:, i % k]."""
     n_feat, length = start_logits.shape
-    rows = np.arange(n_feat)
     k = min(n_best, length)
     s_masked = np.where(ctx, start_logits, NEG)
     e_masked = np.where(ctx, end_logits, NEG)
@@ -148,6 +148,17 @@ def best_span_per_window(start_logits: np.ndarray, end_logits: np.ndarray, ctx: 
         & (span_len <= max_answer_length)
     )
     pair = np.where(valid, s_val[:, :, None] + e_val[:, None, :], NEG).reshape(n_feat, k * k)
+    return pair, s_idx, e_idx
+
+
+def best_span_per_window(start_logits: np.ndarray, end_logits: np.ndarray, ctx: np.ndarray, n_best: int,
+                         max_answer_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window: the highest start+end score over valid spans (inside the context, start <= end,
+    at most max_answer_length tokens) among the n_best starts x n_best ends, and its token indices;
+    -1 where the window has no context. When no top pair is valid, every span is searched."""
+    pair, s_idx, e_idx = _candidate_pairs(start_logits, end_logits, ctx, n_best, max_answer_length)
+    k = s_idx.shape[1]
+    rows = np.arange(len(pair))
     flat = np.argmax(pair, axis=1)
     feat_score = pair[rows, flat]
     feat_s = s_idx[rows, flat // k].astype(np.int64)
@@ -204,18 +215,8 @@ def ranked_spans(start_logits: np.ndarray, end_logits: np.ndarray, context_mask:
     start_logits = np.asarray(start_logits, dtype=np.float32)
     end_logits = np.asarray(end_logits, dtype=np.float32)
     ctx = np.asarray(context_mask, dtype=bool)
-    n_feat, length = start_logits.shape
-    kk = min(n_best, length)
-    s_masked = np.where(ctx, start_logits, NEG)
-    e_masked = np.where(ctx, end_logits, NEG)
-    s_idx = np.argpartition(-s_masked, kk - 1, axis=1)[:, :kk]
-    e_idx = np.argpartition(-e_masked, kk - 1, axis=1)[:, :kk]
-    s_val = np.take_along_axis(s_masked, s_idx, axis=1)
-    e_val = np.take_along_axis(e_masked, e_idx, axis=1)
-    span_len = e_idx[:, None, :] - s_idx[:, :, None] + 1
-    valid = (np.isfinite(s_val)[:, :, None] & np.isfinite(e_val)[:, None, :] & (span_len >= 1)
-             & (span_len <= max_answer_length))
-    pair = np.where(valid, s_val[:, :, None] + e_val[:, None, :], NEG).reshape(n_feat, kk * kk)
+    pair, s_idx, e_idx = _candidate_pairs(start_logits, end_logits, ctx, n_best, max_answer_length)
+    n_feat, kk = s_idx.shape
     m = min(k, kk * kk)
     top = np.argsort(-pair, axis=1, kind="stable")[:, :m]  # ties keep the flat order argmax would take
     top_score = np.take_along_axis(pair, top, axis=1)
