@@ -182,6 +182,28 @@ def test_a_git_call_that_times_out_is_one_line_without_credentials(tmp_path):
     assert "timed out after 1 s" in message and TOKEN not in message and "\n" not in message
 
 
+def test_git_status_entries_of_a_real_worktree(tmp_path):
+    """Renames are one entry under the new name (the source token skipped), names with spaces stay
+    whole, and modified, deleted, added and untracked files each come once with their status code."""
+    from uqa.ops.git import git, status_entries
+
+    git(tmp_path, "init", "-q")
+    for name in ("old name.txt", "kept.txt", "gone.txt"):
+        (tmp_path / name).write_text(name * 20)
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    git(tmp_path, "mv", "old name.txt", "new name.txt")
+    (tmp_path / "kept.txt").write_text("changed")
+    (tmp_path / "gone.txt").unlink()
+    (tmp_path / "added.txt").write_text("a")
+    git(tmp_path, "add", "added.txt")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "loose file.txt").write_text("u")
+    out = git(tmp_path, "status", "--porcelain=v1", "-z", "--untracked-files=all", strip=False)
+    assert sorted(status_entries(out)) == sorted([("R ", "new name.txt"), (" M", "kept.txt"), (" D", "gone.txt"),
+                                                  ("A ", "added.txt"), ("??", "sub/loose file.txt")])
+
+
 def test_a_replica_s_follow_error_is_one_line_without_credentials():
     """What /v1/model and the log say when following prod fails with a library's error."""
     from uqa.serving.models import ModelHolder

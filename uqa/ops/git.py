@@ -47,3 +47,22 @@ def git(cwd: str | Path, *args: str, env: dict[str, str] | None = None, input: s
         said = " ".join((r.stderr or r.stdout or "").split())  # git's lines joined: one line
         raise GitError(strip_url_credentials(f"git {_shown(args)} failed in {cwd}: {first_line(said, 500)}"))
     return r.stdout.strip() if strip else r.stdout
+
+
+def status_entries(porcelain_z: str) -> list[tuple[str, str]]:
+    """(XY status code, path) of each entry of `git status --porcelain=v1 -z` output, paths relative to
+    the repository's top level. A rename or copy is one entry under its new path: its source path
+    follows it as a bare NUL-separated token, which is skipped."""
+    entries = []
+    tokens = porcelain_z.split("\0")
+    i = 0
+    while i < len(tokens):
+        item = tokens[i]
+        i += 1
+        if len(item) < 4:
+            continue
+        code, path = item[:2], item[3:]
+        if code[0] in "RC":
+            i += 1
+        entries.append((code, path))
+    return entries

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uqa import layout
-from uqa.ops.git import git_run
+from uqa.ops.git import git_run, status_entries
 
 LINEAGE_FORMAT = 1
 # stages whose outputs' DVC hashes (from dvc.lock) identify the data and the model a version was made from
@@ -82,16 +82,7 @@ def code_state(root: Path) -> dict[str, Any]:
     prefix = _git(root, "rev-parse", "--show-prefix").stdout.decode().strip()  # root inside the repo
     outputs = [prefix + out for out in run_outputs(root)]
     changed, untracked = [], []
-    tokens = status.split("\0")
-    i = 0
-    while i < len(tokens):
-        item = tokens[i]
-        i += 1
-        if len(item) < 4:
-            continue
-        code, path = item[:2], item[3:]
-        if code[0] in "RC":  # a rename or copy: its original path is the next, bare, NUL-separated token
-            i += 1
+    for code, path in status_entries(status):
         if _is_code(path, outputs):
             (untracked if code == "??" else changed).append(path)
     digest = hashlib.sha256()

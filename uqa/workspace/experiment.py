@@ -26,7 +26,7 @@ from typing import Any
 
 from uqa import layout
 from uqa.errors import UserError
-from uqa.ops.git import GIT_REMOTE, git
+from uqa.ops.git import GIT_REMOTE, git, status_entries
 from uqa.ops.redact import strip_url_credentials
 
 log = logging.getLogger(__name__)
@@ -54,20 +54,7 @@ def _workspace_changes(root: Path) -> list[tuple[str, str]]:
     must get from the project to start from its current state (DVC outputs are ignored: they come
     from the cache)."""
     out = git(root, "status", "--porcelain", "--untracked-files=all", "-z", strip=False)
-    paths = []
-    entries = out.split("\0")
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        i += 1
-        if len(entry) < 4:
-            continue
-        status, path = entry[:2], entry[3:]
-        if status[0] in "RC":  # a rename's source follows as the next entry
-            i += 1
-        if "D" not in status:
-            paths.append((status, path))
-    return paths
+    return [(status, path) for status, path in status_entries(out) if "D" not in status]
 
 
 def _absolute_if_outside(value: str, root: Path, worktree: Path) -> str:
