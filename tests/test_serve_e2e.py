@@ -10,6 +10,7 @@ pipeline's own stage code trained, evaluated and registered (GTO) in a temporary
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -102,14 +103,21 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture
-def server(project, request):
-    s = Server(project, *getattr(request, "param", ()))
+@contextlib.contextmanager
+def running_server(project, *args: str):
+    """`uqa serve` on the project, ready; stopped on every way out, a failed start included."""
+    s = Server(project, *args)
     try:
         s.wait_ready()
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def server(project, request):
+    with running_server(project, *getattr(request, "param", ())) as s:
+        yield s
 
 
 @needs_shared
@@ -260,12 +268,8 @@ KEY = "e2e-api-key-0123456789abcdef"
 @pytest.fixture
 def keyed_server(project, tmp_path):
     (tmp_path / "key").write_text(KEY + "\n")
-    s = Server(project, "--api-key-file", str(tmp_path / "key"))
-    try:
-        s.wait_ready()
+    with running_server(project, "--api-key-file", str(tmp_path / "key")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @needs_shared
