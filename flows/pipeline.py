@@ -36,7 +36,7 @@ from uqa.params.overrides import deep_merge, overrides_dict, overrides_model, re
 from uqa.params.schema import PARAMS_FILE
 from uqa.params.validation import params_from_dict, plain
 from uqa.registry.publish import require_remotes
-from uqa.workspace.dvc_ops import locked_workspace
+from uqa.workspace.dvc_ops import locked_workspace, require_stage_params
 from uqa.workspace.experiment import experiment_name, experiment_workspace, push_experiment, save_experiment
 
 ParamsOverrides = overrides_model()  # the flow's `overrides` parameter type (its schema in the Prefect API)
@@ -81,6 +81,7 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
     registry and DVC's run-cache come from them first, and what the run made goes to them at the end."""
     logger = get_run_logger()
     params = load_params(root / PARAMS_FILE)  # every mistyped param, before any stage does work
+    require_stage_params(root, params)  # and every param a stage records, which DVC checks only after it
     r = str(root)
     remote = push and register
     upstream: list[State] = []

@@ -98,3 +98,31 @@ def test_train_declares_what_each_epoch_is_scored_with():
     plotted = {f for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
                for p in plot.values() for f in p["y"]}
     assert {"dvclive/plots/metrics/eval/f1.tsv", "dvclive/plots/metrics/eval/exact.tsv"} <= plotted
+
+
+def test_a_run_names_every_param_dvc_would_find_missing_after_a_stage(tmp_path):
+    """demo/params.yaml is an overlay, not a params.yaml: used as one, DVC would fail each stage only
+    when recording it. The run asks first and names every missing key with its default."""
+    import shutil
+    import subprocess
+    import sys
+
+    from uqa.errors import UserError
+    from uqa.params.files import load_params
+    from uqa.workspace.dvc_ops import missing_stage_params, require_stage_params
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert missing_stage_params(tmp_path) == []
+    require_stage_params(tmp_path, load_params(tmp_path / "params.yaml"))
+
+    shutil.copy2(REPO / "demo" / "params.yaml", tmp_path / "params.yaml")
+    missing = missing_stage_params(tmp_path)
+    assert missing == ["data.revision", "data.keep_unanswerable", "model.name", "evaluate", "train.precision"]
+    with pytest.raises(UserError) as info:
+        require_stage_params(tmp_path, load_params(tmp_path / "params.yaml"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'params.yaml'} does not set data.revision, data.keep_unanswerable, ")
+    assert 'data.revision: null; data.keep_unanswerable: false; model.name: "xlm-roberta-base"; ' \
+           'evaluate: (a section); train.precision: "auto"' in message

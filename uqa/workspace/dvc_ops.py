@@ -7,6 +7,8 @@ outs match dvc.lock); if not, it calls the stage function and records the result
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -151,6 +153,43 @@ def dvc_repo(root: Path) -> Iterator[Any]:
         recover_lockfile(root)  # a commit killed last time: its dvc.lock copy back, or one clear error
         with Repo(str(root)) as repo:
             yield repo
+
+
+def missing_stage_params(root: Path) -> list[str]:
+    """The params dvc.yaml's stages read that their params file does not set ("data.revision"; with
+    the file's name when it is not params.yaml). DVC finds them only when it records a stage, after
+    the stage has done its work; a run asks first."""
+    from dvc.dependency.param import ParamsDependency
+
+    missing: list[str] = []
+    with dvc_repo(root) as repo:
+        for stage in repo.index.stages:
+            for dep in stage.deps:
+                if not isinstance(dep, ParamsDependency):
+                    continue
+                found = dep.read_params()
+                where = "" if Path(dep.def_path).name == "params.yaml" else f"{dep.def_path}:"
+                missing += [f"{where}{key}" for key in dep.params if key not in found
+                            and f"{where}{key}" not in missing]
+    return missing
+
+
+def require_stage_params(root: Path, params: Any) -> None:
+    """One UserError naming every param dvc.yaml's stages read and params.yaml does not set, with the
+    value this run would have used for each: checked before any stage does work."""
+    missing = missing_stage_params(root)
+    if not missing:
+        return
+    values = dataclasses.asdict(params)
+    shown = []
+    for key in missing:
+        value: Any = values
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        shown.append(f"{key}: (a section)" if isinstance(value, dict) else f"{key}: {json.dumps(value)}")
+    raise UserError(f"{Path(root) / 'params.yaml'} does not set {', '.join(missing)}, which dvc.yaml's stages "
+                    f"read (DVC records them with each stage's results): add them (the project's params.yaml "
+                    f"has every one; the defaults: {'; '.join(shown)})")
 
 
 def dvc_status(root: Path, stage: str) -> dict[str, Any]:
