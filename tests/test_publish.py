@@ -254,3 +254,20 @@ def test_a_refused_version_is_not_tried_again_until_the_remote_moves():
     with pytest.raises(ModelRefused):
         holder.check_once()
     assert source.resolves == 2
+
+
+def test_a_replica_serves_from_an_origin_whose_head_names_no_branch(remotes, tmp_path):
+    """`git init --bare` and a push of `main` leave the origin's HEAD on a branch that does not exist
+    (master): the registry branch and the tags are all a replica needs."""
+    from uqa.serving.remote import RemoteSource
+
+    url, store, project = remotes
+    origin = Path(url.removeprefix("file://"))
+    run_ok(["git", "symbolic-ref", "HEAD", "refs/heads/master"], origin)
+    register_here(project, seed=1, f1=60.0)
+    publish(project, NAME, "origin")
+    source = RemoteSource("uqa-qa:prod", url, cache=tmp_path / "cache")
+    assert source.resolve().version == "v0.0.1"
+    assert register_here(project, seed=2, f1=90.0)["promoted"]
+    publish(project, NAME, "origin")
+    assert source.resolve().version == "v0.0.2"  # a second sync of the same clone

@@ -78,8 +78,13 @@ class RemoteSource:
                 raise
         _git("fetch", "--quiet", "--force", "--tags", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*",
              cwd=self.clone)
-        _git("remote", "set-head", "origin", "--auto", cwd=self.clone)
-        _git("reset", "--quiet", "--hard", "origin/HEAD", cwd=self.clone)
+        # the remote's default branch: only a project that never published the registry branch needs it
+        # (its dvc.lock). A bare repository made with `git init --bare` and pushed another branch has a
+        # HEAD naming no branch; the registry branch and the tags serve without it.
+        if git_run(self.clone, "remote", "set-head", "origin", "--auto", timeout=300).returncode == 0:
+            _git("reset", "--quiet", "--hard", "origin/HEAD", cwd=self.clone)
+        else:
+            git_run(self.clone, "remote", "set-head", "origin", "--delete", timeout=300)
 
     def resolve(self) -> Resolved:
         from uqa.registry.store import Registry
@@ -100,11 +105,18 @@ class RemoteSource:
         """The commit whose DVC records name the registry directory: the published registry branch's tip
         (`uqa run --push`), else the default branch (a project that committed its dvc.lock)."""
         from uqa.registry.publish import POINTER_FILE, remote_branch_ref
+        from uqa.registry.store import REGISTRY_BRANCH
 
         branch = remote_branch_ref("origin")
         if git_run(self.clone, "cat-file", "-e", f"{branch}:{POINTER_FILE}").returncode == 0:
             return _git("rev-parse", branch, cwd=self.clone).strip()
-        return _git("rev-parse", "HEAD", cwd=self.clone).strip()
+        if git_run(self.clone, "rev-parse", "--verify", "-q", "origin/HEAD").returncode != 0:
+            name = REGISTRY_BRANCH.removeprefix("refs/heads/")
+            raise UserError(f"{strip_url_credentials(self.url)} has no {name} branch (no `uqa run --push` "
+                            "published to it) and its HEAD names no branch to read dvc.lock from: publish with "
+                            "`uqa run --push`, or point its HEAD at your branch (in a bare repository: "
+                            "git symbolic-ref HEAD refs/heads/main)")
+        return _git("rev-parse", "origin/HEAD", cwd=self.clone).strip()
 
     def approved_record(self, version: str, rev: str) -> dict:
         """The version's index record, if the gate approved serving it here: promoted, when served as prod,
