@@ -55,7 +55,8 @@ def publish_and_regate(root: Path, name: str, stages: dict[str, str], upstream: 
         state = publish_task(r, name, return_state=True, wait_for=upstream)
         if state.is_completed():
             published = state.result()
-            notify_registration(read_json(root / layout.report("register")))
+            if not stages.get("register", "").startswith("Cached"):  # a cached register registered nothing now
+                notify_registration(read_json(root / layout.report("register")))
             return published
         exc = state.result(raise_on_failure=False)
         if not isinstance(exc, PublishConflict) or attempt == PUBLISH_ATTEMPTS:
