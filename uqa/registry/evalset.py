@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from uqa import layout
-from uqa.errors import DataError
+from uqa.errors import DataError, first_line
 from uqa.evaluation.scoring import references_by_id, score_predictions
 from uqa.params.schema import Params
 from uqa.registry.store import Registry
@@ -108,7 +108,7 @@ def _by_id_hash(examples_dir: Path, purpose: str) -> pd.DataFrame | None:
         frame = datasets.load_from_disk(str(examples_dir)).to_pandas().drop_duplicates("id")
     except (OSError, ValueError) as exc:  # absent or not a dataset
         log.warning("register: %s cannot be read (%s): the version records no %s", examples_dir,
-                    str(exc).splitlines()[0][:200], purpose)
+                    first_line(exc, 200), purpose)
         return None
     frame = frame.assign(_key=frame["id"].map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()))
     return frame.sort_values("_key")
