@@ -204,4 +204,5 @@ def test_ranked_spans_are_the_k_best_distinct_spans_the_first_best_spans(seed):
         assert got == [key for key, _ in want]
         assert ranked["score"][mine] == pytest.approx([score for _, score in want], rel=1e-6)
         assert got[0] == (best.char_start[ex], best.char_end[ex])
+        assert ranked["probability"][mine][0] == best.probability[ex]  # the same softmax, within its window
         assert np.all(np.diff(ranked["score"][mine]) <= 0) and np.all(ranked["probability"][mine] <= 1)

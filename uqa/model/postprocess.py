@@ -246,9 +246,7 @@ def ranked_spans(start_logits: np.ndarray, end_logits: np.ndarray, context_mask:
     group_start = np.r_[0, np.flatnonzero(np.diff(example)) + 1]
     rank = np.arange(len(example)) - np.repeat(group_start, np.diff(np.r_[group_start, len(example)]))
     top_k = rank < k
-    allowed = ctx.copy()
-    allowed[:, cls_index] = True
-    ls, le = _softmax_log_norm(start_logits, allowed), _softmax_log_norm(end_logits, allowed)
-    prob = np.exp(start_logits[feat, s] - ls[feat] + end_logits[feat, e] - le[feat])
-    return {"example": example[top_k], "char_start": cs[top_k].astype(np.int64), "char_end": ce[top_k].astype(np.int64),
-            "score": score[top_k].astype(np.float64), "probability": prob[top_k].astype(np.float64)}
+    example, cs, ce, score, feat, s, e = (a[top_k] for a in (example, cs, ce, score, feat, s, e))
+    prob = _span_probability(start_logits[feat], end_logits[feat], ctx[feat], s, e, cls_index)
+    return {"example": example, "char_start": cs.astype(np.int64), "char_end": ce.astype(np.int64),
+            "score": score.astype(np.float64), "probability": prob.astype(np.float64)}
