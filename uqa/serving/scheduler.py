@@ -265,12 +265,11 @@ class WindowScheduler:
         logits = window_logits(predictor.model, windows, predictor.tokenizer.pad_token_id, windows.n_windows,
                                "auto", predictor.device)
         row = 0
-        for job, idx in taken:
-            for w in idx.tolist():
-                width = int(job.prepared.windows.lengths[w])
-                job.start[w, :width] = logits.start[row, :width]
-                job.end[w, :width] = logits.end[row, :width]
-                row += 1
+        for job, idx in taken:  # the logits are -inf past each window's length, as the job's arrays start
+            width = min(job.start.shape[1], logits.start.shape[1])
+            job.start[idx, :width] = logits.start[row:row + len(idx), :width]
+            job.end[idx, :width] = logits.end[row:row + len(idx), :width]
+            row += len(idx)
 
     def _finish(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         from uqa.model.inference import WindowLogits
