@@ -33,7 +33,7 @@ from uqa.params.schema import PARAMS_FILE, Params
 log = logging.getLogger(__name__)
 
 MODEL_DIR = layout.MODEL_DIR
-FEATURES = layout.TOKENIZED_DIR / "validation"
+FEATURES = layout.VALIDATION_FEATURES
 EXAMPLES = layout.VALIDATION_EXAMPLES
 METRICS_FILE = layout.METRICS_FILE
 PREDICTIONS = layout.PREDICTIONS

@@ -36,7 +36,9 @@ from uqa.params.schema import PARAMS_FILE, LauncherParams, Params
 log = logging.getLogger(__name__)
 
 LOG_FILE = layout.TRAIN_LOG
-INPUTS = [*layout.split_dirs(layout.TOKENIZED_DIR), layout.TOKENIZER_DIR]
+# what the recipe reads, and the stage that makes each: checked before any process is launched
+INPUTS = {**{split: "tokenize" for split in layout.split_dirs(layout.TOKENIZED_DIR)}, layout.TOKENIZER_DIR: "tokenize",
+          layout.VALIDATION_EXAMPLES: "filter"}
 
 
 class TrainingFailed(UserError):
@@ -208,9 +210,9 @@ def _resume_hint() -> str:
 
 
 def train(params: Params, params_file: str = PARAMS_FILE, log_file: Path = LOG_FILE) -> dict[str, Any]:
-    for dep in INPUTS:
+    for dep, stage in INPUTS.items():
         if not dep.exists():
-            raise UserError(f"{dep} is missing: run the tokenize stage first (dvc repro tokenize)")
+            raise UserError(f"{dep} is missing: run the {stage} stage first (dvc repro {stage})")
     cmd = launch_command(params.train.launcher, params_file)
     timeout = params.train.timeout_minutes * 60 if params.train.timeout_minutes else None
     env = dict(os.environ)

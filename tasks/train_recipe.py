@@ -43,7 +43,7 @@ log = logging.getLogger("tasks.train")
 
 CHECKPOINT_DIR = layout.CHECKPOINT_DIR
 FINAL_DIR = layout.MODEL_DIR
-VALIDATION_FEATURES = layout.TOKENIZED_DIR / "validation"
+VALIDATION_FEATURES = layout.VALIDATION_FEATURES
 VALIDATION_EXAMPLES = layout.VALIDATION_EXAMPLES
 LIVE_DIR = layout.LIVE_DIR
 REPORT = layout.report("train")
@@ -55,12 +55,9 @@ def epoch_metrics(params: Params):
     as the evaluate stage scores them (uqa/evaluation/answers.py)."""
     import datasets
 
-    from uqa.errors import UserError
     from uqa.evaluation.answers import epoch_metrics as scorer
     from uqa.text.windows import windows_from_table
 
-    if not VALIDATION_EXAMPLES.exists():
-        raise UserError(f"{VALIDATION_EXAMPLES} is missing: run the filter stage first (dvc repro filter)")
     windows = windows_from_table(datasets.load_from_disk(str(VALIDATION_FEATURES)).data.table)
     examples = datasets.load_from_disk(str(VALIDATION_EXAMPLES)).to_pandas()
     return scorer(windows, examples, params.evaluate, params.data.keep_unanswerable,

@@ -285,3 +285,20 @@ def test_recipe_errors_are_reported_without_the_launcher_traceback(tmp_path):
     with pytest.raises(TrainingFailed) as failed:
         run_supervised([sys.executable, "-c", script], tmp_path / "train.log", timeout_s=None)
     assert str(failed.value) == f"model.name: not found (full log: {tmp_path / 'train.log'})"
+
+
+def test_a_missing_input_names_the_stage_that_makes_it_before_any_process_starts(tmp_path):
+    """The validation questions each epoch is scored on come from filter, the features from tokenize:
+    the supervisor says which stage to run, before launching anything (no train.log)."""
+    from tasks.train import train
+    from uqa.errors import UserError
+
+    for d in ("data/tokenized/train", "data/tokenized/validation", "data/tokenized/tokenizer"):
+        (tmp_path / d).mkdir(parents=True)
+    with working_dir(tmp_path), pytest.raises(UserError) as info:
+        train(tiny_params())
+    assert str(info.value) == "data/filtered/validation is missing: run the filter stage first (dvc repro filter)"
+    shutil.rmtree(tmp_path / "data/tokenized/tokenizer")
+    with working_dir(tmp_path), pytest.raises(UserError, match="tokenizer is missing: run the tokenize stage"):
+        train(tiny_params())
+    assert not (tmp_path / "reports" / "train.log").exists()

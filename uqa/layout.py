@@ -15,6 +15,7 @@ RAW_DIR = Path("data/raw")  # download: one Arrow dataset per split
 FILTERED_DIR = Path("data/filtered")  # filter
 TOKENIZED_DIR = Path("data/tokenized")  # tokenize: features per split ...
 TOKENIZER_DIR = TOKENIZED_DIR / "tokenizer"  # ... and the tokenizer they were made with
+VALIDATION_FEATURES = TOKENIZED_DIR / "validation"  # the windows train scores each epoch and evaluate predicts
 MODEL_DIR = Path("models/final")  # train: the model evaluate, register and predict use
 CHECKPOINT_DIR = Path("models/checkpoints")  # train's scratch for resuming: deliberately not a DVC output
 LIVE_DIR = Path("dvclive")  # train's curves (dvc plots)

@@ -14,9 +14,7 @@ import pandas as pd
 
 from uqa.errors import UserError
 from uqa.evaluation.scoring import references_by_id, score_predictions
-from uqa.layout import TOKENIZED_DIR, VALIDATION_EXAMPLES
-
-TOKENIZED_VALIDATION = TOKENIZED_DIR / "validation"
+from uqa.layout import VALIDATION_EXAMPLES, VALIDATION_FEATURES
 
 
 def answer_frame(logits, windows, examples: pd.DataFrame, n_best: int, max_answer_length: int) -> pd.DataFrame:
@@ -54,7 +52,7 @@ def check_every_question_scored(frame: pd.DataFrame, references: dict[str, list[
 
 
 def score_logits(logits, windows, examples: pd.DataFrame, evaluate, squad2: bool, selected_by: str | None = None,
-                 sources: tuple[Any, Any] = (TOKENIZED_VALIDATION, VALIDATION_EXAMPLES),
+                 sources: tuple[Any, Any] = (VALIDATION_FEATURES, VALIDATION_EXAMPLES),
                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """(the scored answer frame, the metrics) of these logits. `evaluate`: params.evaluate (n_best,
     max_answer_length, no_answer_threshold, tune_fraction); `sources`: where the windows and the
@@ -90,7 +88,7 @@ def trainer_logits(predictions, windows):
 
 
 def epoch_metrics(windows, examples: pd.DataFrame, evaluate, squad2: bool,
-                  sources: tuple[Any, Any] = (TOKENIZED_VALIDATION, VALIDATION_EXAMPLES)):
+                  sources: tuple[Any, Any] = (VALIDATION_FEATURES, VALIDATION_EXAMPLES)):
     """The Trainer's `compute_metrics`: exact and F1 (0-100) of each evaluation, through score_logits,
     so the Trainer logs them as eval_exact and eval_f1 (dvclive: eval/exact, eval/f1) and
     `metric_for_best_model: f1` keeps the checkpoint the evaluate stage would score best."""

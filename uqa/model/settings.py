@@ -159,7 +159,7 @@ def resolve_settings(model_dir: str | Path, explicit: dict[str, Any] | None = No
 
 
 def inference_record(params, model_dir: Path, threshold: float | None,
-                     features_dir: Path = layout.TOKENIZED_DIR / "validation") -> dict[str, Any]:
+                     features_dir: Path = layout.VALIDATION_FEATURES) -> dict[str, Any]:
     """What evaluate applied (metrics/eval.json `inference`), for `uqa predict` on models/final and
     for the register stage."""
     own = read_json(Path(model_dir) / INFERENCE_FILE, missing=None)
