@@ -161,7 +161,8 @@ def test_the_remotes_are_the_record(prefect_server, tmp_path):
     # 3. another shallow clone with nothing changed trains nothing and registers nothing
     out = finished(uqa_run_push(shallow_clone(url, tmp_path / "worker-b")))
     assert "train Cached" in out and "evaluate Cached" in out, out[-3000:]
-    assert "these weights are already registered as v0.0.2" in out, out[-3000:]
+    assert (f"nothing new registered: {NAME} v0.0.2 is prod (these weights are already registered as v0.0.2)"
+            in out), out[-3000:]
     assert origin_versions(url) == {"v0.0.1", "v0.0.2"}
 
     # 4. two shallow clones of two commits, at the same time: both succeed, as v0.0.3 and v0.0.4

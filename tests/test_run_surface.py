@@ -321,3 +321,14 @@ def test_the_run_form_says_which_overrides_a_deployment_run_may_not_set():
     refused = {k for k, d in described.items() if "refused in a deployment run" in d}
     assert refused == {"ModelParamsOverrides.trust_remote_code", "TrainParamsOverridesLauncher.extra_args",
                        "TrainParamsOverridesLauncher.config_file"}
+
+
+def test_the_run_summary_says_when_nothing_new_was_registered():
+    from uqa_cli.runs import registration_line
+
+    again = {"name": "uqa-qa", "version": "v0.0.2", "registered": False, "promoted": True,
+             "reason": "these weights are already registered as v0.0.2"}
+    assert registration_line(again) == ("nothing new registered: uqa-qa v0.0.2 is prod "
+                                        "(these weights are already registered as v0.0.2)")
+    new = {"name": "uqa-qa", "version": "v0.0.3", "registered": True, "promoted": False, "reason": "F1 below prod"}
+    assert registration_line(new) == "registered uqa-qa v0.0.3 (not promoted: F1 below prod)"

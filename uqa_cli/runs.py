@@ -51,8 +51,7 @@ def _print_result(result: dict, base: Path = Path(".")) -> None:
         if key in m:
             print(f"{key} {m[key]:.4g}")
     if r:
-        state = "promoted to prod" if r.get("promoted") else "not promoted"
-        print(f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})")
+        print(registration_line(r))
         print(f"model: {base / r.get('path', '')}")
     if result.get("experiment"):
         name = result["experiment"]
@@ -111,10 +110,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("no trial completed: nothing registered")
         return 1
     print(f"winner: trial {winner['number']} {winner['overrides']} (F1 {winner['f1']:.2f})")
-    print(f"registered {r.get('name')} {r.get('version')} "
-          f"({'promoted to prod' if r.get('promoted') else 'not promoted'}: {r.get('reason')})")
+    print(registration_line(r))
     print("params.yaml unchanged; dvc exp show lists every trial")
     return 0
+
+
+def registration_line(r: dict) -> str:
+    """What the register stage did, from its report: a new version and the gate's decision, or nothing
+    new (the weights of a version already registered)."""
+    if r.get("registered") is False:
+        state = "prod" if r.get("promoted") else "not prod"
+        return f"nothing new registered: {r.get('name')} {r.get('version')} is {state} ({r.get('reason')})"
+    state = "promoted to prod" if r.get("promoted") else "not promoted"
+    return f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
