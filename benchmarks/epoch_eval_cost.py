@@ -27,15 +27,14 @@ UQA_VALIDATION_ROWS = 16_824  # the full UQA validation split (../shared holds 8
 
 
 def demo_params():
-    from uqa.params.files import apply_overrides, load_params, read_raw
+    from uqa.params.files import apply_overrides, load_params
+    from uqa.workspace.demo import write_demo_params
 
     with tempfile.TemporaryDirectory() as tmp:
         params_file = Path(tmp) / "params.yaml"
-        params_file.write_text((ROOT / "params.yaml").read_text())
-        overlay = read_raw(ROOT / "demo" / "params.yaml")
-        overlay["data"]["source"] = {split: str(ROOT / "demo" / "data" / f"{split}.jsonl")
-                                     for split in ("train", "validation")}
-        apply_overrides(params_file, overlay)
+        write_demo_params(params_file)  # what `uqa demo` trains with, its data where this checkout has it
+        apply_overrides(params_file, {"data": {"source": {split: str(ROOT / "demo" / "data" / f"{split}.jsonl")
+                                                          for split in ("train", "validation")}}})
         return load_params(params_file)
 
 
@@ -52,7 +51,7 @@ def train_once(params, workdir: Path, with_metrics: bool) -> dict[str, Any]:
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             evaluations.append({k: metrics[k] for k in ("epoch", "eval_runtime", "eval_f1") if k in metrics})
 
-    overrides = {} if with_metrics else {"metric_for_best_model": "eval_loss", "greater_is_better": False}
+    overrides = {} if with_metrics else {"metric_for_best_model": "eval_loss"}
     with working_dir(workdir):
         trainer, _ = make_trainer(params, workdir / f"ck-{with_metrics}", callbacks=[Record()],
                                   compute_metrics=epoch_metrics(params) if with_metrics else None, **overrides)

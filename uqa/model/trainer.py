@@ -4,11 +4,11 @@ checkpoint (by `metric_for_best_model`) loaded at the end."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from uqa import layout
+from uqa.ops.atomic import atomic_dir
 from uqa.params.schema import Params
 
 DATA_DIR = layout.TOKENIZED_DIR
@@ -75,7 +75,6 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model=t.metric_for_best_model,
-        greater_is_better=not t.metric_for_best_model.endswith("loss"),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -91,6 +90,8 @@ def build_trainer(params: Params, model, tokenizer, train_ds, lengths: list[int]
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
     args.update(overrides)
+    # after the overrides: a caller that chooses the metric gets its direction with it
+    args.setdefault("greater_is_better", not args["metric_for_best_model"].endswith("loss"))
     if args["load_best_model_at_end"] and not args["metric_for_best_model"].endswith("loss") and not compute_metrics:
         raise ValueError(f"train.metric_for_best_model {t.metric_for_best_model!r} is scored by compute_metrics "
                          "(uqa.evaluation.answers.epoch_metrics); give it, or choose the best checkpoint by loss")
@@ -160,11 +161,8 @@ def live_snapshot_callback(live_dir: Path):
                 return
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                tmp = checkpoint / f".{LIVE_SNAPSHOT}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(live_dir, tmp)
-                shutil.rmtree(checkpoint / LIVE_SNAPSHOT, ignore_errors=True)
-                os.replace(tmp, checkpoint / LIVE_SNAPSHOT)
+                with atomic_dir(checkpoint / LIVE_SNAPSHOT) as tmp:
+                    shutil.copytree(live_dir, tmp, dirs_exist_ok=True)
 
     return LiveSnapshotCallback
 
