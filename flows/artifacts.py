@@ -116,10 +116,6 @@ def _register_artifact(root: Path, ran_now: bool = True) -> None:
         notify_registration(r)
 
 
-def _register_artifact_unannounced(root: Path, ran_now: bool = True) -> None:
-    publish_registration(root, read_json(root / layout.report("register")))
-
-
 def notify_registration(r: dict[str, Any]) -> None:
     """The `uqa.model.registered` event (`uqa alerts` notifies on it); a failure to send is a warning,
     never a failed run: the version is registered either way."""

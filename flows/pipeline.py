@@ -105,7 +105,7 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
             logger.error("stopped: %s", state.message)
             return Failed(message=state.message)
     if register:  # retention (register.keep_last): old experiments and the DVC cache, with the workspace held
-        _retention(root)
+        _retention(root, params.register.keep_last)
     published = None
     if remote:
         published = publish_and_regate(root, params.register.name, stages, upstream)
@@ -119,13 +119,13 @@ def _run_stages(root: Path, push: bool, register: bool = True, pin_source: bool 
     return result
 
 
-def _retention(root: Path) -> None:
+def _retention(root: Path, keep_last: int | None) -> None:
     """register.keep_last for experiments and the DVC cache. The run's work is done and recorded:
     a retention failure is reported in the run log, it does not fail the run."""
     from uqa.registry.retention import prune_experiments_and_cache
 
     try:
-        prune_experiments_and_cache(root, load_params(root / PARAMS_FILE).register.keep_last)
+        prune_experiments_and_cache(root, keep_last)
     except Exception as exc:  # noqa: BLE001
         get_run_logger().warning("retention (register.keep_last) did not finish: %s: %s; the next run tries "
                                  "again", type(exc).__name__, first_line(exc))

@@ -18,7 +18,6 @@ from flows.artifacts import (
     _filter_artifact,
     _metrics_artifact,
     _register_artifact,
-    _register_artifact_unannounced,
     _source_artifact,
     _train_artifact,
 )
@@ -166,7 +165,7 @@ def evaluate_task(root: str, pull: bool = False) -> Any:
 def register_task(root: str, pull: bool = False) -> Any:
     # with `pull` (uqa run --push) the registration event waits for the publication (publish_and_regate):
     # a version registered here is announced once the remotes hold it, never one that a re-gate replaced
-    return run_and_publish("register", root, _register_artifact_unannounced if pull else _register_artifact,
+    return run_and_publish("register", root, lambda at, ran_now: _register_artifact(at, ran_now and not pull),
                            pull=pull)
 
 

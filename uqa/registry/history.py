@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uqa.ops.git import GIT_REMOTE, git_run
-from uqa.registry.store import PROD, REGISTRY_BRANCH, Registry
+from uqa.ops.git import git_run
+from uqa.registry.store import PROD, REGISTRY_BRANCH, Registry, remote_branch_ref
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def registry_fingerprint(root: Path, name: str) -> str:
     if registry.uses_git:
         refs = git_run(root, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/tags/{name}@*",
                        f"refs/tags/{name}#*", REGISTRY_BRANCH,
-                       f"refs/remotes/{GIT_REMOTE}/{REGISTRY_BRANCH.removeprefix('refs/heads/')}")
+                       remote_branch_ref())
         parts.append(refs.stdout if refs.returncode == 0 else f"git failed: {refs.stderr}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

@@ -40,7 +40,7 @@ from uqa.ops.atomic import replace_dir
 from uqa.ops.faults import failpoint
 from uqa.ops.git import GitError, git, git_run
 from uqa.ops.redact import strip_url_credentials
-from uqa.registry.store import REGISTRY_BRANCH, git_identity
+from uqa.registry.store import REGISTRY_BRANCH, Registry, git_identity, remote_branch_ref
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,8 @@ class PublishConflict(UserError):
     """Another machine published to the registry branch (or the same tag) first: re-gate and retry."""
 
 
-def remote_branch_ref(git_remote: str) -> str:
-    return f"refs/remotes/{git_remote}/{REGISTRY_BRANCH.removeprefix('refs/heads/')}"
-
-
-def require_remotes(root: Path, git_remote: str) -> str:
-    """The git remote's URL (credentials stripped) and a default DVC remote, or one error saying what to add."""
+def require_remotes(root: Path, git_remote: str) -> None:
+    """The git remote and a default DVC remote are set, or one error saying which to add."""
     from uqa.workspace.dvc_ops import dvc_repo
 
     r = git_run(root, "remote", "get-url", git_remote)
@@ -72,7 +68,6 @@ def require_remotes(root: Path, git_remote: str) -> str:
             raise UserError(f"{root}: `uqa run --push` publishes the models and data to the default DVC remote, "
                             "and none is set: dvc remote add -d NAME URL (s3://..., a directory, ...), then commit "
                             ".dvc/config")
-    return strip_url_credentials(r.stdout.strip())
 
 
 # -- what the remote and this clone hold -----------------------------------------------------------------
@@ -132,7 +127,6 @@ def _drop_side_refs(root: Path) -> None:
 @dataclass
 class SyncReport:
     state: str  # empty | unpublished | same | ahead | fresh | behind | diverged
-    remote_branch: str | None
     registry_restored: bool = False
     discarded: list[str] = field(default_factory=list)  # versions registered here, never published
     run_cache_entries: int = 0
@@ -163,7 +157,7 @@ def sync_from_remotes(root: Path, name: str, git_remote: str) -> SyncReport:
     try:
         local = local_refs(root, name)
         state = _compare(root, local, remote)
-        report = SyncReport(state, remote.branch)
+        report = SyncReport(state)
         if state in ("fresh", "behind", "diverged"):
             report.discarded = _take_remote(root, name, local, remote)
             report.registry_restored = restore_registry(root, remote.branch, name)
@@ -226,7 +220,7 @@ def _published_file(root: Path, commit: str, path: str) -> bytes | None:
 
 def _index_differs(root: Path, name: str, commit: str) -> bool:
     published = _published_file(root, commit, f"{name}/index.json")
-    index = Path(root) / layout.REGISTRY_DIR / name / "index.json"
+    index = Registry(root, name).index_path
     return published is not None and (not index.is_file() or index.read_bytes() != published)
 
 
@@ -294,7 +288,7 @@ def registry_pointer(root: Path) -> dict[str, Any]:
 
 def _pointer_files(root: Path, name: str) -> dict[str, bytes]:
     pointer = yaml.safe_dump({"outs": [registry_pointer(root)]}, sort_keys=False).encode()
-    index = Path(root) / layout.REGISTRY_DIR / name / "index.json"
+    index = Registry(root, name).index_path
     files = {POINTER_FILE: pointer, f"{name}/index.json": index.read_bytes()}
     config = Path(root) / DVC_CONFIG
     if config.is_file():

@@ -37,6 +37,11 @@ class RegistryInconsistent(UserError):
 
 REGISTRY_DIR = layout.REGISTRY_DIR
 REGISTRY_BRANCH = "refs/heads/uqa-registry"
+
+
+def remote_branch_ref(git_remote: str = GIT_REMOTE) -> str:
+    """Where a fetch of `git_remote` keeps its registry branch (refs/remotes/origin/uqa-registry)."""
+    return f"refs/remotes/{git_remote}/{REGISTRY_BRANCH.removeprefix('refs/heads/')}"
 PROD = "prod"
 AUTHOR = ("uqa-pipeline", "uqa-pipeline@localhost")
 
@@ -148,7 +153,7 @@ class Registry:
         Registering still needs the files (the gate checks prod's), which `uqa run --push` restores."""
         if not self.uses_git:
             return None
-        for ref in (REGISTRY_BRANCH, f"refs/remotes/{GIT_REMOTE}/{REGISTRY_BRANCH.removeprefix('refs/heads/')}"):
+        for ref in (REGISTRY_BRANCH, remote_branch_ref()):
             r = git_run(Path(self.root), "cat-file", "blob", f"{ref}:{self.name}/index.json")
             if r.returncode == 0:
                 return _checked_index(r.stdout, f"{ref}:{self.name}/index.json",

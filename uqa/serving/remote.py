@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from uqa.errors import UserError, first_line
-from uqa.ops.git import git, git_run
+from uqa.ops.git import GIT_REMOTE, git, git_run
 from uqa.ops.redact import strip_url_credentials
 from uqa.serving.models import ModelRefused, Resolved
 
@@ -104,10 +104,10 @@ class RemoteSource:
     def registry_rev(self) -> str:
         """The commit whose DVC records name the registry directory: the published registry branch's tip
         (`uqa run --push`), else the default branch (a project that committed its dvc.lock)."""
-        from uqa.registry.publish import POINTER_FILE, remote_branch_ref
-        from uqa.registry.store import REGISTRY_BRANCH
+        from uqa.registry.publish import POINTER_FILE
+        from uqa.registry.store import REGISTRY_BRANCH, remote_branch_ref
 
-        branch = remote_branch_ref("origin")
+        branch = remote_branch_ref(GIT_REMOTE)
         if git_run(self.clone, "cat-file", "-e", f"{branch}:{POINTER_FILE}").returncode == 0:
             return _git("rev-parse", branch, cwd=self.clone).strip()
         if git_run(self.clone, "rev-parse", "--verify", "-q", "origin/HEAD").returncode != 0:
@@ -142,9 +142,9 @@ class RemoteSource:
         """The registry index the registry branch publishes, else registry/<name>/index.json at `rev`."""
         import json
 
-        from uqa.registry.publish import remote_branch_ref
+        from uqa.registry.store import remote_branch_ref
 
-        r = git_run(self.clone, "cat-file", "blob", f"{remote_branch_ref('origin')}:{self.name}/index.json")
+        r = git_run(self.clone, "cat-file", "blob", f"{remote_branch_ref(GIT_REMOTE)}:{self.name}/index.json")
         if r.returncode != 0:
             with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
                 self._dvc_get(f"registry/{self.name}/index.json", Path(tmp) / "index.json", rev, "its registry index")

@@ -205,7 +205,7 @@ def restored_experiment(root: Path, name: str, rev: str) -> Iterator[Path]:
     try:
         cache_dir = _dvc(root, "cache", "dir").strip() or str(root / ".dvc" / "cache")
         _dvc(worktree, "cache", "dir", "--local", cache_dir)
-        # filter too: the winner's validation set, on which the gate re-scores prod (tasks/rescore.py)
+        # filter too: the winner's validation set, on which the gate re-scores prod (uqa/registry/evalset.py)
         _dvc(worktree, "checkout", "--quiet", "filter", "train", "evaluate")
         yield worktree
     finally:
