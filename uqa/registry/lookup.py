@@ -9,7 +9,7 @@ from pathlib import Path
 
 from uqa.errors import UserError
 from uqa.params.schema import DEFAULT_NAME
-from uqa.registry.store import Registry
+from uqa.registry.store import VERSION, Registry
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class Spec:
 
 
 _PART = re.compile(r"[A-Za-z0-9._/-]+")
-VERSION = re.compile(r"v\d+\.\d+\.\d+")
 
 
 def parse_spec(spec: str) -> Spec:

@@ -57,14 +57,14 @@ class PublishConflict(UserError):
 
 def require_remotes(root: Path, git_remote: str) -> None:
     """The git remote and a default DVC remote are set, or one error saying which to add."""
-    from uqa.workspace.dvc_ops import dvc_repo
+    from uqa.workspace.dvc_ops import default_remote, dvc_repo
 
     r = git_run(root, "remote", "get-url", git_remote)
     if r.returncode != 0:
         raise UserError(f"{root}: `uqa run --push` publishes to the git remote {git_remote!r} and the default DVC "
                         f"remote, and {git_remote!r} is not set: git remote add {git_remote} URL")
     with dvc_repo(root) as repo:
-        if not repo.config.get("core", {}).get("remote"):
+        if not default_remote(repo):
             raise UserError(f"{root}: `uqa run --push` publishes the models and data to the default DVC remote, "
                             "and none is set: dvc remote add -d NAME URL (s3://..., a directory, ...), then commit "
                             ".dvc/config")
@@ -79,6 +79,10 @@ class Refs:
 
     branch: str | None
     tags: dict[str, str] = field(default_factory=dict)
+
+    def clashing_tags(self, other: Refs) -> list[str]:
+        """Our tags that `other` holds naming another object: the same version published twice."""
+        return [t for t, sha in self.tags.items() if t in other.tags and other.tags[t] != sha]
 
 
 def _artifact_tag(ref: str, name: str) -> bool:
@@ -182,7 +186,7 @@ def _compare(root: Path, local: Refs, remote: Refs) -> str:
         return "unpublished" if local.branch else "empty"
     if local.branch is None:
         return "fresh"
-    clash = [t for t, sha in local.tags.items() if t in remote.tags and remote.tags[t] != sha]
+    clash = local.clashing_tags(remote)
     if local.branch == remote.branch:
         return "diverged" if clash else "same"
     if _is_ancestor(root, local.branch, remote.branch):
@@ -374,7 +378,7 @@ def publish(root: Path, name: str, git_remote: str) -> PublishReport:
 
 def _check_fast_forward(root: Path, git_remote: str, name: str, local: Refs, remote: Refs) -> None:
     """Our branch must descend from the remote's and our tags must not name other objects than its."""
-    clash = [t for t, sha in local.tags.items() if t in remote.tags and remote.tags[t] != sha]
+    clash = local.clashing_tags(remote)
     behind = False
     if remote.branch and remote.branch != local.branch:
         _fetch(root, git_remote, Refs(remote.branch))

@@ -36,6 +36,7 @@ class RegistryInconsistent(UserError):
     """The GTO tags and the registry files disagree (or cannot be read): nothing is registered or promoted."""
 
 REGISTRY_DIR = layout.REGISTRY_DIR
+VERSION = re.compile(r"v\d+\.\d+\.\d+")  # a registered version: vMAJOR.MINOR.PATCH, as GTO names them
 REGISTRY_BRANCH = "refs/heads/uqa-registry"
 
 
@@ -129,7 +130,7 @@ class Registry:
         """The version directories in the store (vX.Y.Z), whatever the index says."""
         if not self.store.is_dir():
             return []
-        return sorted(p.name for p in self.store.iterdir() if p.is_dir() and re.fullmatch(r"v\d+\.\d+\.\d+", p.name))
+        return sorted(p.name for p in self.store.iterdir() if p.is_dir() and VERSION.fullmatch(p.name))
 
     def index(self) -> dict[str, Any]:
         restore = "restore it from DVC (`dvc pull registry`) or from a backup"

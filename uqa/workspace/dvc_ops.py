@@ -244,10 +244,15 @@ def dvc_restore(root: Path, stage: str, pull: bool = False) -> bool:
     return not dvc_status(root, stage)
 
 
+def default_remote(repo: Any) -> str | None:
+    """The name of the project's default DVC remote (`dvc remote add -d`), None when there is none."""
+    return repo.config.get("core", {}).get("remote") or None
+
+
 def dvc_push(root: Path, targets: list[str] | None = None, run_cache: bool = False) -> int | None:
     """`dvc push [--run-cache] [targets]` to the default remote; None when no default remote is configured."""
     with dvc_repo(root) as repo:
-        if not repo.config.get("core", {}).get("remote"):
+        if not default_remote(repo):
             return None
         return repo.push(targets=targets, run_cache=run_cache)
 
