@@ -114,7 +114,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings) -> FastAPI:
     _add_answer_routes(app, holder, scheduler, metrics, settings)
     _add_page_routes(app, holder)
     _install_openapi(app, holder, settings)
-    app.add_middleware(_GuardMiddleware, security=settings.security, metrics=metrics)
+    # outermost in Starlette's stack: the guard sees every request, refused or not
+    app.add_middleware(Guard, security=settings.security, metrics=metrics)
     return app
 
 
@@ -285,16 +286,6 @@ def _install_openapi(app: FastAPI, holder: ModelHolder, settings: ServeSettings)
         return app.openapi_schema
 
     app.openapi = openapi
-
-
-class _GuardMiddleware:
-    """Guard in Starlette's middleware stack (outermost: it sees every request, refused or not)."""
-
-    def __init__(self, app, security: Security, metrics: ServerMetrics):
-        self.guard = Guard(app, security, metrics)
-
-    async def __call__(self, scope, receive, send):
-        await self.guard(scope, receive, send)
 
 
 def _openapi(app: FastAPI, with_key: bool, served=None) -> dict[str, Any]:
