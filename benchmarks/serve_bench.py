@@ -150,7 +150,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
         env = dict(os.environ, UQA_ONNX_CACHE=str(cache), OMP_NUM_THREADS=str(threads), PYTHONPATH=str(code))
-        queue = ["--max-queue", "65536", "--max-request-windows", "16384"] if code == ROOT else ["--max-queue", "4096"]
+        # the window scheduler's bounds, where the checkout has it (a --baseline from before it: the old queue)
+        windowed = (code / "uqa" / "serving" / "scheduler.py").exists()
+        queue = ["--max-queue", "65536", "--max-request-windows", "16384"] if windowed else ["--max-queue", "4096"]
         cmd = [sys.executable, "-m", "uqa_cli", "serve", "--model", str(model_dir), "--port", str(self.port),
                "--threads", str(threads), *queue, *SETUPS[setup]]
         if check is not None:
