@@ -63,3 +63,4 @@ def test_a_second_demo_is_cached(demo_workspace):
     stages = dict(s.rsplit(" ", 1) for s in re.search(r"^stages: (.*)$", r.stdout, re.M).group(1).split(", "))
     assert stages.pop("source") == "Completed"
     assert set(stages.values()) == {"Cached"}, stages
+    assert "nothing new registered: uqa-qa v0.0.1 is prod (register is up to date" in r.stdout, r.stdout[-3000:]

@@ -332,3 +332,5 @@ def test_the_run_summary_says_when_nothing_new_was_registered():
                                         "(these weights are already registered as v0.0.2)")
     new = {"name": "uqa-qa", "version": "v0.0.3", "registered": True, "promoted": False, "reason": "F1 below prod"}
     assert registration_line(new) == "registered uqa-qa v0.0.3 (not promoted: F1 below prod)"
+    assert registration_line(new, cached=True) == ("nothing new registered: uqa-qa v0.0.3 is not prod "
+                                                   "(register is up to date: an earlier run registered it)")

@@ -51,7 +51,8 @@ def _print_result(result: dict, base: Path = Path(".")) -> None:
         if key in m:
             print(f"{key} {m[key]:.4g}")
     if r:
-        print(registration_line(r))
+        cached = str((result.get("stages") or {}).get("register", "")).startswith("Cached")
+        print(registration_line(r, cached))
         print(f"model: {base / r.get('path', '')}")
     if result.get("experiment"):
         name = result["experiment"]
@@ -115,12 +116,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def registration_line(r: dict) -> str:
+def registration_line(r: dict, cached: bool = False) -> str:
     """What the register stage did, from its report: a new version and the gate's decision, or nothing
-    new (the weights of a version already registered)."""
-    if r.get("registered") is False:
+    new (the weights of a version already registered; `cached`: the stage was up to date, its report
+    is an earlier run's)."""
+    if cached or r.get("registered") is False:
         state = "prod" if r.get("promoted") else "not prod"
-        return f"nothing new registered: {r.get('name')} {r.get('version')} is {state} ({r.get('reason')})"
+        why = "register is up to date: an earlier run registered it" if cached else r.get("reason")
+        return f"nothing new registered: {r.get('name')} {r.get('version')} is {state} ({why})"
     state = "promoted to prod" if r.get("promoted") else "not promoted"
     return f"registered {r.get('name')} {r.get('version')} ({state}: {r.get('reason')})"
 
